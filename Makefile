@@ -1,0 +1,32 @@
+# Two commands do all setup: `make demo` and `make test` (each creates .venv on first use).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Every install goes through constraints.txt so no dependency moves torch/torchvision.
+PIP := $(PY) -m pip install --disable-pip-version-check -c constraints.txt
+PYTEST_ARGS ?=
+
+.PHONY: demo test bench clean install
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) -q --upgrade pip
+	$(PIP) -q torch==2.14.1 torchvision==0.29.1
+	$(PIP) -q -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/xraytodrr demo -o demo-output
+
+# pytest exits 5 when it collects nothing: that fails the target like any other failure.
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) bench/prepare.py
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache

@@ -1,0 +1,3 @@
+from XrayToDRRLib.cli import main
+
+main()

@@ -1,0 +1,104 @@
+"""`xraytodrr` command line. Each verb is a few lines in a `commands_*.py` module calling one engine function.
+
+Bad input raises InputError: one line on stderr (and an `error` event in `--progress jsonl` mode), exit code 2.
+SIGTERM becomes SystemExit so atomic writers clean their temporary files before the process ends.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import signal
+import sys
+from enum import Enum
+from typing import Annotated
+
+import typer
+
+from .errors import InputError
+from .progress import JsonLinesProgress, Progress, make_progress
+
+app = typer.Typer(name="xraytodrr", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Register X-rays to CT, render DRRs, and learn X-ray -> DRR translation.")
+
+
+class ProgressMode(str, Enum):
+    bar = "bar"
+    jsonl = "jsonl"
+    none = "none"
+
+
+ProgressOption = Annotated[ProgressMode, typer.Option(
+    "--progress", help="bar: progress bar on stderr; jsonl: JSON lines on stdout for a parent process; none")]
+
+
+def verb(name: str | None = None, description: str = "", group: typer.Typer | None = None):
+    """Register a CLI verb. A function taking `progress: ProgressOption` receives a Progress object instead of
+    the mode, and whatever it returns (output paths) is reported as the `done` event."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            mode = kwargs.get("progress", ProgressMode.none)
+            mode = mode.value if isinstance(mode, ProgressMode) else str(mode)
+            reporter = make_progress(mode, description or (name or fn.__name__))
+            if "progress" in kwargs:
+                kwargs["progress"] = reporter
+            try:
+                result = fn(*args, **kwargs)
+            except InputError as e:
+                _fail(reporter, str(e))
+            finally:
+                reporter.close()
+            if isinstance(reporter, JsonLinesProgress):
+                reporter.emit("done", outputs=_as_outputs(result))
+            return result
+
+        (group or app).command(name)(wrapper)
+        return fn
+
+    return decorate
+
+
+def _fail(reporter: Progress, message: str):
+    if isinstance(reporter, JsonLinesProgress):
+        reporter.emit("error", message=message)
+    print(f"error: {message}", file=sys.stderr)
+    raise typer.Exit(2)
+
+
+def _as_outputs(result) -> list[str]:
+    if result is None:
+        return []
+    if isinstance(result, (list, tuple)):
+        return [str(r) for r in result]
+    if isinstance(result, dict):
+        return [str(v) for v in result.values()]
+    return [str(result)]
+
+
+def echo_json(data) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
+    _load_commands()
+    app()
+
+
+def _load_commands() -> None:
+    """Import every command module so its verbs register. Optional Libs may be absent in a partial install."""
+    import importlib
+
+    for module in ("XrayToDRRLib.commands_render", "XrayToDRRLib.commands_prepare", "XrayToDRRLib.commands_xray",
+                   "XrayToDRRLib.commands_demo"):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
