@@ -92,13 +92,12 @@ def main() -> None:
 
 
 def _load_commands() -> None:
-    """Import every command module so its verbs register. Optional Libs may be absent in a partial install."""
+    """Import this Lib's command modules, then plug-in verbs (Registration/Translation Libs) declared under the
+    `xraytodrr.commands` entry point group, so this Lib never imports them by name."""
     import importlib
+    from importlib.metadata import entry_points
 
-    for module in ("XrayToDRRLib.commands_render", "XrayToDRRLib.commands_prepare", "XrayToDRRLib.commands_xray",
-                   "XrayToDRRLib.commands_demo"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
+    for module in ("commands_render", "commands_prepare", "commands_xray", "commands_demo"):
+        importlib.import_module(f"XrayToDRRLib.{module}")
+    for entry in entry_points(group="xraytodrr.commands"):
+        entry.load()

@@ -1,0 +1,1 @@
+"""CLI verbs: filled in by their own step of the foundation issue."""
