@@ -96,7 +96,8 @@ class DRRRenderer:
 
     @torch.no_grad()
     def render(self, poses: Pose | list[Pose], batch_size: int = 4) -> np.ndarray:
-        """(H,W) for one pose, (B,H,W) for a list; poses with different detectors are rendered separately."""
+        """(H,W) for one pose, (B,H,W) for a list; poses with different detectors are rendered in separate batches
+        (and come back as a list when their sizes differ)."""
         single = isinstance(poses, Pose)
         poses = [poses] if single else list(poses)
         out = [None] * len(poses)
@@ -110,7 +111,9 @@ class DRRRenderer:
                 imgs = self.render_extrinsics(self.extrinsics([poses[k] for k in chunk]), poses[idx])
                 for k, img in zip(chunk, imgs.float().cpu().numpy()):
                     out[k] = img
-        return out[0] if single else np.stack(out)
+        if single:
+            return out[0]
+        return np.stack(out) if len({o.shape for o in out}) == 1 else out
 
 
 def render_drr(volume: str | Path, poses: Pose | list[Pose], mask: str | Path | None = None,
