@@ -22,6 +22,13 @@ app = typer.Typer(name="xraytodrr", no_args_is_help=True, add_completion=False, 
                   help="Register X-rays to CT, render DRRs, and learn X-ray -> DRR translation.")
 
 
+@app.callback()
+def _root() -> None:
+    # A callback keeps `xraytodrr VERB ...` a command group even while only one verb is registered (Typer would
+    # otherwise run that verb directly and reject its name as an extra argument).
+    pass
+
+
 class ProgressMode(str, Enum):
     bar = "bar"
     jsonl = "jsonl"
