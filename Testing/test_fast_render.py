@@ -1,0 +1,76 @@
+"""FastRenderer (volume pyramid, clipped rays): agrees with DiffDRR, keeps the pinhole geometry, has pose gradients."""
+
+import numpy as np
+import pytest
+import torch
+from test_render import blob_centroids, nearest_errors, plant_beads, poses_around
+
+from XrayToDRRLib.fast_render import FastRenderer
+from XrayToDRRLib.pose import perturb, standard_view
+from XrayToDRRLib.render import DRRRenderer
+from XrayToDRRLib.volumes import center_ras
+
+
+def ncc(a, b):
+    return float(np.corrcoef(np.ravel(a), np.ravel(b))[0, 1])
+
+
+@pytest.fixture(scope="module")
+def fast(small_ct):
+    return FastRenderer(small_ct, device="cpu")
+
+
+def test_pyramid_levels_coarsen_by_about_two(fast):
+    voxels = [lvl.voxel for lvl in fast.levels]
+    assert len(voxels) >= 2 and all(1.5 < b / a < 2.6 for a, b in zip(voxels, voxels[1:]))
+
+
+@pytest.mark.parametrize("mode, minimum", [("hq", 0.99), ("preview", 0.97)])
+def test_modes_agree_with_diffdrr_siddon(small_ct, fast, mode, minimum):
+    centre = center_ras(small_ct)
+    pose = perturb(standard_view("ap", centre, 1020, 64, 64, 6.0), [8, -5, 6], [5, 10, -15], centre)
+    reference = DRRRenderer(small_ct, renderer="siddon", device="cpu").render(pose)
+    image = fast.render(pose, mode)
+    assert ncc(image, reference) >= minimum
+    assert image.mean() == pytest.approx(reference.mean(), rel=0.03)
+
+
+def test_beads_project_within_one_pixel_at_every_level(small_ct):
+    size = np.array(small_ct.GetSize())
+    points = [tuple(int(v) for v in np.round(f * (size - 1))) for f in ([0.3, 0.3, 0.35], [0.7, 0.4, 0.6])]
+    with_beads, beads = plant_beads(small_ct, points, hu=30000.0)
+    plain, beaded = FastRenderer(small_ct, device="cpu"), FastRenderer(with_beads, device="cpu")
+    for pose in poses_around(center_ras(small_ct), height=64, width=72, delx=8.0, dely=8.5)[:3]:
+        for level, lvl in enumerate(plain.levels[:-1]):
+            # Each level is used where its voxels are no larger than the detector pixel footprint.
+            scale = max(1.0, lvl.voxel / plain.footprint(pose))
+            seen = pose.with_detector(height=int(pose.height / scale), width=int(pose.width / scale))
+            matrices = torch.as_tensor(seen.world_from_camera[None], dtype=torch.float32)
+            with torch.no_grad():
+                diff = (beaded.render_tensor(matrices, seen, level) - plain.render_tensor(matrices, seen, level))[0]
+            errors = nearest_errors(blob_centroids(diff.numpy(), 2), seen.project(beads))
+            assert errors.max() < 1.0, (level, errors)
+
+
+def test_batch_equals_one_by_one(small_ct, fast):
+    poses = poses_around(center_ras(small_ct), height=32, width=32, delx=12.0, dely=12.0)
+    batch = fast.render(poses, "hq")
+    assert np.allclose(batch, np.stack([fast.render(p, "hq") for p in poses]), atol=1e-5)
+
+
+def test_pose_gradient_matches_finite_differences(small_ct, fast):
+    centre = center_ras(small_ct)
+    pose = perturb(standard_view("ap", centre, 1020, 24, 24, 16.0), [3, 2, -4], [4, -6, 5], centre)
+    base = torch.as_tensor(pose.world_from_camera[None], dtype=torch.float64)
+
+    def loss(shift):
+        m = base.clone()
+        m[0, :3, 3] = m[0, :3, 3] + shift
+        return fast.render_tensor(m.float(), pose, level=1).square().mean()
+
+    shift = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    loss(shift).backward()
+    eps = 1.0
+    numeric = [(loss(torch.eye(3, dtype=torch.float64)[k] * eps) - loss(-torch.eye(3, dtype=torch.float64)[k] * eps))
+               .item() / (2 * eps) for k in range(3)]
+    assert np.allclose(shift.grad.numpy(), numeric, rtol=0.1, atol=1e-3 * max(map(abs, numeric)))
