@@ -1,0 +1,1 @@
+"""CLI verbs: filled in by the registration issue."""
