@@ -9,12 +9,18 @@ from pathlib import Path
 
 def _tmp_sibling(path: Path, is_dir: bool) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Keep the real suffixes (writers such as SimpleITK pick the format from them).
+    # mkstemp/mkdtemp create private (0600/0700) entries; outputs get the permissions of any other new file.
+    umask = os.umask(0)
+    os.umask(umask)
     prefix = f".{path.name}.tmp-"
     if is_dir:
-        return Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
+        name = tempfile.mkdtemp(prefix=prefix, dir=path.parent)
+        os.chmod(name, 0o777 & ~umask)
+        return Path(name)
+    # Keep the real suffixes (writers such as SimpleITK pick the format from them).
     fd, name = tempfile.mkstemp(prefix=prefix, suffix="".join(path.suffixes[-2:]), dir=path.parent)
     os.close(fd)
+    os.chmod(name, 0o666 & ~umask)
     return Path(name)
 
 

@@ -11,7 +11,7 @@ import json
 import signal
 import sys
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -37,6 +37,21 @@ class ProgressMode(str, Enum):
 
 ProgressOption = Annotated[ProgressMode, typer.Option(
     "--progress", help="bar: progress bar on stderr; jsonl: JSON lines on stdout for a parent process; none")]
+
+
+LabelsOption = Annotated[Optional[list[str]], typer.Option(
+    "--labels", help="labels to use, comma-separated or repeated: --labels 1,2 or --labels 1 --labels 2 (default: all)")]
+
+
+def parse_labels(values: list[str] | None) -> list[int] | None:
+    """`--labels 1,2 --labels 5` -> [1, 2, 5]; None when not given (meaning all labels)."""
+    if not values:
+        return None
+    try:
+        return [int(v) for value in values for v in str(value).split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"--labels must be integers, got {' '.join(map(str, values))}", None,
+                         "e.g. --labels 1,2") from None
 
 
 def verb(name: str | None = None, description: str = "", group: typer.Typer | None = None):

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from .center import center
-from .cli import ProgressOption, verb
+from .cli import LabelsOption, ProgressOption, parse_labels, verb
 from .coregister import coregister
 from .crop import crop
 from .errors import InputError
@@ -17,10 +17,6 @@ from .prepare import prepare
 from .progress import JsonLinesProgress
 from .segmentation import clean_seg
 from .volumes import VOLUME_SUFFIXES, read_labels, read_volume, write_image
-
-LabelsOption = Annotated[Optional[list[str]], typer.Option(
-    "--labels", help="labels to use, comma-separated or repeated: --labels 1,2 or --labels 1 --labels 2 (default: all)")]
-
 
 class Interpolator(str, Enum):
     linear = "linear"
@@ -36,7 +32,7 @@ def clean_seg_cmd(
 ):
     """Keep the largest connected component of each label; report the voxels removed per label."""
     _volume_file(output)
-    cleaned, removed = clean_seg(read_labels(input), _labels(labels), input, progress)
+    cleaned, removed = clean_seg(read_labels(input), parse_labels(labels), input, progress)
     write_image(cleaned, output)
     unchanged = [label for label, n in removed.items() if not n]
     _report(progress, [f"label {label}: removed {n} voxels" for label, n in removed.items() if n]
@@ -60,7 +56,7 @@ def crop_cmd(
         raise InputError(f"--padding must be >= 0 mm, got {padding:g}", None, "give a padding of 0 or more mm")
     _folder(output)
     ct_img = read_volume(ct)
-    ct_box, seg_box = crop(ct_img, read_labels(seg, reference=ct_img), _labels(labels), padding, mirror, seg,
+    ct_box, seg_box = crop(ct_img, read_labels(seg, reference=ct_img), parse_labels(labels), padding, mirror, seg,
                            progress)
     targets = [output / "crop_ct.nii.gz", output / "crop_seg.nii.gz"]
     write_image(ct_box, targets[0])
@@ -124,17 +120,8 @@ def prepare_cmd(
     progress: ProgressOption = "bar",
 ):
     """clean-seg, crop, coregister and center in one go; keeps every intermediate and a manifest.json."""
-    return prepare(ct, output, seg, _labels(labels), padding, mirror, spacing, reference, affine, interpolator.value,
+    return prepare(ct, output, seg, parse_labels(labels), padding, mirror, spacing, reference, affine, interpolator.value,
                    progress)
-
-
-def _labels(values: list[str] | None) -> list[int] | None:
-    if not values:
-        return None
-    try:
-        return [int(v) for value in values for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise InputError(f"--labels must be integers, got {' '.join(values)}", None, "e.g. --labels 1,2") from None
 
 
 def _is_volume_name(path: Path) -> bool:

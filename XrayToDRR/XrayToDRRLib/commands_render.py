@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli import ProgressOption, verb
+from .cli import LabelsOption, ProgressOption, parse_labels, verb
 from .errors import InputError
 from .images import IMAGE_SUFFIXES, save_image, suffix_of
 from .pose import load_pose
@@ -26,7 +26,7 @@ def drr(
     sdd: Annotated[Optional[float], typer.Option(help="source-to-detector distance in mm (default: the pose's)")] = None,
     renderer: Annotated[str, typer.Option(help=f"{' | '.join(RENDERERS)}")] = "siddon",
     mask: Annotated[Optional[Path], typer.Option(help="label map on the CT grid: render only --labels")] = None,
-    labels: Annotated[Optional[list[int]], typer.Option(help="labels of --mask to keep (default: all)")] = None,
+    labels: LabelsOption = None,
     format: Annotated[str, typer.Option(help="file type when -o is a folder")] = ".png",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     progress: ProgressOption = "bar",
@@ -41,7 +41,7 @@ def drr(
     if len(set(targets)) != len(targets):
         raise InputError("two poses would write the same output name", output, "give pose files distinct names")
     ct = read_volume(volume)
-    keep = label_mask(read_labels(mask, reference=ct), labels, mask) if mask is not None else None
+    keep = label_mask(read_labels(mask, reference=ct), parse_labels(labels), mask) if mask is not None else None
     engine = DRRRenderer(ct, mask=keep, renderer=renderer, device=device)
     for n, (p, target) in enumerate(zip(poses, targets)):
         progress.update(n / len(poses), f"pose {n + 1}/{len(poses)}")
