@@ -20,11 +20,12 @@ def checkerboard(a: np.ndarray, b: np.ndarray, tiles: int = 8) -> np.ndarray:
 
 def overlay(base: np.ndarray, top: np.ndarray) -> np.ndarray:
     """RGB: base in grey, top's edges in a warm colour, so misalignment shows at a glance."""
-    from skimage.filters import sobel
+    from skimage.filters import gaussian, sobel
 
     grey = to_uint8(base).astype(np.float32) / 255
-    edges = sobel(to_uint8(top).astype(np.float32) / 255)
-    edges = np.clip(edges / (np.percentile(edges, 99) + 1e-6), 0, 1)
+    edges = sobel(gaussian(to_uint8(top).astype(np.float32) / 255, sigma=max(1.0, min(top.shape) / 256)))
+    # Keep the strong edges only: weak ones are noise and would hide the base image.
+    edges = np.clip((edges / (np.percentile(edges, 99) + 1e-6) - 0.25) / 0.75, 0, 1)
     rgb = np.stack([grey, grey, grey], axis=-1)
     rgb[..., 0] = np.maximum(rgb[..., 0], edges)
     rgb[..., 1] = np.maximum(rgb[..., 1], 0.6 * edges)
