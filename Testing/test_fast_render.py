@@ -66,11 +66,14 @@ def test_pose_gradient_matches_finite_differences(small_ct, fast):
     def loss(shift):
         m = base.clone()
         m[0, :3, 3] = m[0, :3, 3] + shift
-        return fast.render_tensor(m.float(), pose, level=1).square().mean()
+        return fast.render_tensor(m.float(), pose, level=1, step_factor=0.25).square().mean()
 
     shift = torch.zeros(3, dtype=torch.float64, requires_grad=True)
     loss(shift).backward()
     eps = 1.0
     numeric = [(loss(torch.eye(3, dtype=torch.float64)[k] * eps) - loss(-torch.eye(3, dtype=torch.float64)[k] * eps))
                .item() / (2 * eps) for k in range(3)]
-    assert np.allclose(shift.grad.numpy(), numeric, rtol=0.1, atol=1e-3 * max(map(abs, numeric)))
+    # The analytic gradient is the continuous one (clip distances carry none, see FastRenderer): it matches the
+    # finite differences of the finely sampled sum up to sampling error.
+    analytic, numeric = shift.grad.numpy(), np.array(numeric)
+    assert np.linalg.norm(analytic - numeric) < 0.1 * np.linalg.norm(numeric)

@@ -28,6 +28,10 @@ class _Level:
     grid-coordinate box that holds every non-air voxel."""
 
     def __init__(self, mu: torch.Tensor, affine: np.ndarray):
+        # One voxel of air around the volume: rays are clipped where the integrand is exactly 0, so the clip
+        # distances carry no gradient even where the CT cuts through the body.
+        mu = F.pad(mu, (1, 1, 1, 1, 1, 1))
+        affine = affine @ _translation([-1.0, -1.0, -1.0])
         self.mu = mu[None, None].permute(0, 1, 4, 3, 2).contiguous()  # (i,j,k) -> (1,1,k,j,i) for grid_sample
         self.shape = np.array(mu.shape)
         self.affine = affine
@@ -44,6 +48,12 @@ class _Level:
             lo, hi = np.zeros(3), self.shape - 1
         box = np.stack([lo, hi]).clip(0, self.shape - 1) * 2.0 / np.maximum(self.shape - 1, 1) - 1.0
         self.box = torch.as_tensor(box, dtype=torch.float32, device=mu.device)
+
+
+def _translation(offset) -> np.ndarray:
+    m = np.eye(4)
+    m[:3, 3] = offset
+    return m
 
 
 def _pool(mu: torch.Tensor, affine: np.ndarray, factors: tuple[int, int, int]) -> tuple[torch.Tensor, np.ndarray]:
@@ -141,10 +151,15 @@ class FastRenderer:
         dirs = self._camera_directions(pose)                                       # (R,3) unit, camera frame
         rot, src = world_from_camera[:, :3, :3], world_from_camera[:, :3, 3]
         g_rot, g_t = lvl.grid_from_world[:3, :3], lvl.grid_from_world[:3, 3]
-        origin = src @ g_rot.T + g_t                                                # (B,3) source in grid coords
-        direction = torch.einsum("gw,bwc,rc->brg", g_rot, rot, dirs)                # (B,R,3) grid units per mm
-        near, far = _clip_to_box(origin[:, None, :], direction, lvl.box)            # (B,R) mm along each ray
-        length = (far - near).clamp(min=0.0)
+        # Tiny products are written elementwise: MKL's threaded matmul stalls for ~15 ms on a busy 2-core machine.
+        to_grid = (g_rot[None, :, :, None] * rot[:, None, :, :]).sum(2)              # (B,3,3) camera -> grid
+        origin = (g_rot * src[:, None, :]).sum(-1) + g_t                            # (B,3) source in grid coords
+        direction = (to_grid[:, None, :, :] * dirs[None, :, None, :]).sum(-1)       # (B,R,3) grid units per mm
+        with torch.no_grad():
+            # The box holds only air at its faces, so the integral does not depend on where rays are clipped:
+            # no gradient needs to flow through the clip distances (and skipping it halves the backward pass).
+            near, far = _clip_to_box(origin[:, None, :], direction, lvl.box)        # (B,R) mm along each ray
+            length = (far - near).clamp(min=0.0)
         n_samples = max(2, math.ceil(self._max_chord(lvl) / (lvl.voxel * step_factor)))
         frac = (torch.arange(n_samples, device=self.device, dtype=torch.float32) + 0.5) / n_samples
         b, r = length.shape
