@@ -32,7 +32,8 @@ def test_drr_many_poses_write_one_file_per_pose_named_after_it(tmp_path, small_c
     result = run_cli("drr", "--volume", small_ct_path, "--pose", ap_pose_path, "--pose", lateral, "-o", out,
                      "--format", "nii.gz", "--height", "20")
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["ap.nii.gz", "lat.nii.gz"]
+    # NIfTI has no room for free text: the renderer's record sits in a sidecar.
+    assert sorted(p.name for p in out.iterdir()) == ["ap.nii.gz", "ap.nii.gz.json", "lat.nii.gz", "lat.nii.gz.json"]
     img = sitk.ReadImage(str(out / "ap.nii.gz"))
     assert img.GetSize() == (24, 20) and img.GetSpacing() == pytest.approx((16.0, 16.0))
 
@@ -104,3 +105,15 @@ def test_drr_bad_input_exits_2_naming_the_file_and_writes_nothing(tmp_path, smal
     assert message in result.output
     assert result.output.count("error:") == 1
     assert not out.parent.exists() or not any(out.parent.iterdir())
+
+
+@pytest.mark.parametrize("suffix", [".png", ".nii.gz", ".nrrd", ".npy"])
+def test_drr_records_the_renderer_in_the_output(tmp_path, small_ct_path, ap_pose_path, suffix):
+    from XrayToDRRLib.images import read_metadata
+
+    out = tmp_path / f"fast{suffix}"
+    result = run_cli("drr", "--volume", small_ct_path, "--pose", ap_pose_path, "-o", out, "--renderer", "fast",
+                     "--mode", "preview")
+    assert result.exit_code == 0, result.output
+    meta = read_metadata(out)
+    assert meta["renderer"] == "fast" and meta["mode"] == "preview" and meta["device"] == "cpu"

