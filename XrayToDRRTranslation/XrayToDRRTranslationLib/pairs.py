@@ -1,0 +1,302 @@
+"""Paired training data: (X-ray, DRR) pairs from registration results, or slice pairs from two co-registered volumes.
+
+A registration output folder holds (the contract `xraytodrr register` writes):
+  pose.json      the final canonical pose (XrayToDRRLib.pose)
+  gt.png         the X-ray as registration saw it (preprocessed), 16-bit PNG at the pose's detector size
+  metrics.json   at least {"ncc": float}
+  parameters.pt  torch.save({"settings": {"volume": CT path, "mask": path | None, "labels": list | None}, ...})
+
+`build_pairs` writes OUT/xray/NAME.png (gt.png, byte for byte) and OUT/drr/NAME.png (the Siddon DRR of the
+settings' volume at the final pose, same size, 16-bit scaled 0..max like `xraytodrr drr`), NAME = the registration
+folder's name (its parent's name is prefixed when two folders share a name), and OUT/pairs.csv: one row per case
+with status kept | dropped, the reason, source files, registration metrics and the pose. With `min_ncc`, cases whose
+NCC is below it are dropped: listed in the CSV and the report, never silently. By default the DRR is rendered from
+the whole CT; `masked` renders only the settings' mask labels (as registration rendered them).
+
+`pairs_from_volumes` cuts two volumes on the same grid (e.g. MRI -> CT) into slices along an index axis:
+OUT/xray/STEM_zNNNN.png from the first (input) and OUT/drr/... from the second (target), each volume windowed to
+16 bits by its own 0.5/99.5 percentiles (so slices keep their relative brightness); slices where either is blank
+are dropped (listed). The output folder is written as a whole (atomically).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from XrayToDRRLib.atomic import atomic_dir
+from XrayToDRRLib.errors import InputError, require_file
+from XrayToDRRLib.images import save_image
+from XrayToDRRLib.pose import Pose, load_pose
+from XrayToDRRLib.progress import Progress
+
+from .dataset import image_info
+from .outputs import check_output_dir
+
+REQUIRED = ("pose.json", "gt.png", "metrics.json", "parameters.pt")
+FIX_FOLDER = "give folders written by `xraytodrr register` (pose.json, gt.png, metrics.json, parameters.pt)"
+AXES = ("x", "y", "z")
+
+
+@dataclasses.dataclass
+class Case:
+    folder: Path
+    name: str
+    pose: Pose
+    gt: Path
+    metrics: dict
+    volume: Path
+    mask: Path | None
+    labels: list | None
+
+    @property
+    def ncc(self) -> float | None:
+        value = self.metrics.get("ncc")
+        try:
+            return float(value) if value is not None else None
+        except (TypeError, ValueError):
+            return None
+
+
+@dataclasses.dataclass
+class PairsReport:
+    output: Path
+    kept: list[str]
+    dropped: list[dict]   # {"name", "reason"}
+    table: Path
+
+
+# --- registration folders -------------------------------------------------------------------------------------
+def find_registration_folders(paths: list[str | Path]) -> list[Path]:
+    """Each path is a registration folder, or a folder whose direct subfolders are."""
+    found: list[Path] = []
+    for item in paths:
+        p = require_file(item, "registration folder")
+        if not p.is_dir():
+            raise InputError("is a file, not a registration output folder", p, FIX_FOLDER)
+        if (p / "pose.json").exists():
+            found.append(p)
+            continue
+        subs = sorted(s for s in p.iterdir() if s.is_dir() and (s / "pose.json").exists())
+        if not subs:
+            raise InputError("is not a registration output folder (no pose.json) and holds none", p, FIX_FOLDER)
+        found += subs
+    unique = list(dict.fromkeys(f.resolve() for f in found))
+    if not unique:
+        raise InputError("no registration folders given", None, FIX_FOLDER)
+    return unique
+
+
+def read_case(folder: Path) -> Case:
+    import torch
+
+    missing = [f for f in REQUIRED if not (folder / f).is_file()]
+    if missing:
+        raise InputError(f"registration folder lacks {', '.join(missing)}", folder, FIX_FOLDER)
+    pose = load_pose(folder / "pose.json")
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"not valid JSON ({e})", folder / "metrics.json", "write {\"ncc\": 0.9, ...}") from None
+    if not isinstance(metrics, dict):
+        raise InputError("must hold a JSON object", folder / "metrics.json", "write {\"ncc\": 0.9, ...}")
+    params_path = folder / "parameters.pt"
+    try:
+        params = torch.load(params_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for corrupt or unsafe files
+        raise InputError(f"cannot read as a torch file ({type(e).__name__})", params_path,
+                         "give the parameters.pt written by xraytodrr register") from None
+    settings = params.get("settings") if isinstance(params, dict) else None
+    if not isinstance(settings, dict) or not settings.get("volume"):
+        raise InputError("has no settings['volume'] (the CT it was registered to)", params_path,
+                         "give the parameters.pt written by xraytodrr register")
+    h, w, _ = image_info(folder / "gt.png")
+    if (h, w) != (pose.height, pose.width):
+        raise InputError(f"X-ray is {h}x{w} but the pose's detector is {pose.height}x{pose.width}", folder / "gt.png",
+                         "give the gt.png registration wrote with this pose")
+    return Case(folder, folder.name, pose, folder / "gt.png", metrics, _resolve(settings["volume"], folder),
+                _resolve(settings["mask"], folder) if settings.get("mask") else None,
+                list(settings["labels"]) if settings.get("labels") else None)
+
+
+def _resolve(path: str, folder: Path) -> Path:
+    p = Path(str(path))
+    if not p.is_absolute() and not p.exists() and (folder / p).exists():
+        return folder / p
+    return p
+
+
+def _unique_names(cases: list[Case]) -> None:
+    counts: dict[str, int] = {}
+    for c in cases:
+        counts[c.name] = counts.get(c.name, 0) + 1
+    for c in cases:
+        if counts[c.name] > 1:
+            c.name = f"{c.folder.parent.name}_{c.folder.name}"
+    names = [c.name for c in cases]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise InputError(f"several registration folders are named {', '.join(dupes[:5])}", None,
+                         "give the registration folders distinct names")
+
+
+def build_pairs(folders: list[str | Path], output: str | Path, min_ncc: float | None = None, masked: bool = False,
+                device: str = "auto", progress: Progress | None = None) -> PairsReport:
+    """(X-ray, DRR) pairs from registration output folders (see the module docstring)."""
+    from XrayToDRRLib.render import DRRRenderer, label_mask
+    from XrayToDRRLib.volumes import read_labels, read_volume
+
+    progress = progress or Progress()
+    paths = find_registration_folders(folders)
+    cases = [read_case(p) for p in paths]
+    _unique_names(cases)
+    dropped: list[dict] = []
+    kept: list[Case] = []
+    for c in cases:
+        if min_ncc is not None:
+            if c.ncc is None:
+                raise InputError("has no numeric 'ncc' to compare with --min-ncc", c.folder / "metrics.json",
+                                 "write the registration's NCC, or leave out --min-ncc")
+            if c.ncc < min_ncc:
+                dropped.append({"name": c.name, "reason": f"NCC {c.ncc:.4f} < {min_ncc}"})
+                progress.log(f"dropped {c.name}: NCC {c.ncc:.4f} below --min-ncc {min_ncc}")
+                continue
+        kept.append(c)
+    if not kept:
+        raise InputError(f"all {len(cases)} case(s) have NCC below --min-ncc {min_ncc} "
+                         f"({', '.join(d['name'] for d in dropped[:8])})", None, "lower --min-ncc")
+    for c in kept:
+        require_file(c.volume, f"CT volume of {c.folder}")
+        if masked and c.mask is not None:
+            require_file(c.mask, f"mask of {c.folder}")
+    out = check_output_dir(output, paths, "-o")
+
+    groups: dict[tuple, list[Case]] = {}
+    for c in kept:
+        key = (str(c.volume), str(c.mask) if masked and c.mask else None,
+               tuple(c.labels) if masked and c.mask and c.labels else None)
+        groups.setdefault(key, []).append(c)
+    with atomic_dir(out) as tmp:
+        tmp = Path(tmp)
+        (tmp / "xray").mkdir()
+        (tmp / "drr").mkdir()
+        done = 0
+        for (volume, mask, labels), group in groups.items():
+            progress.update(done / len(kept), f"reading {Path(volume).name}")
+            ct = read_volume(volume)
+            keep = label_mask(read_labels(mask, reference=ct), list(labels) if labels else None, mask) \
+                if mask else None
+            renderer = DRRRenderer(ct, mask=keep, renderer="siddon", device=device)
+            for c in group:
+                progress.update(done / len(kept), f"DRR {done + 1}/{len(kept)} {c.name}")
+                drr = renderer.render(c.pose)
+                save_image(drr, tmp / "drr" / f"{c.name}.png", spacing=(c.pose.dely, c.pose.delx))
+                shutil.copyfile(c.gt, tmp / "xray" / f"{c.name}.png")
+                done += 1
+        table = _registration_table(cases, {d["name"]: d["reason"] for d in dropped}, masked)
+        (tmp / "pairs.csv").write_text(table)
+    progress.log(f"wrote {len(kept)} pair(s) to {out}" + (f"; dropped {len(dropped)}" if dropped else ""))
+    progress.update(1.0, "done")
+    return PairsReport(out, [c.name for c in kept], dropped, out / "pairs.csv")
+
+
+def _registration_table(cases: list[Case], dropped: dict, masked: bool) -> str:
+    columns = ["name", "status", "reason", "registration_folder", "xray_source", "volume", "mask", "labels",
+               "drr_masked", "ncc", "metrics", "sdd", "height", "width", "delx", "dely", "x0", "y0",
+               "world_from_camera"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for c in cases:
+        p = c.pose
+        writer.writerow({
+            "name": c.name, "status": "dropped" if c.name in dropped else "kept", "reason": dropped.get(c.name, ""),
+            "registration_folder": str(c.folder), "xray_source": str(c.gt), "volume": str(c.volume),
+            "mask": str(c.mask) if c.mask else "", "labels": json.dumps(c.labels) if c.labels else "",
+            "drr_masked": bool(masked and c.mask), "ncc": "" if c.ncc is None else c.ncc,
+            "metrics": json.dumps(c.metrics, sort_keys=True), "sdd": p.sdd, "height": p.height, "width": p.width,
+            "delx": p.delx, "dely": p.dely, "x0": p.x0, "y0": p.y0,
+            "world_from_camera": json.dumps(np.round(p.world_from_camera, 9).tolist()),
+        })
+    return buffer.getvalue()
+
+
+# --- two co-registered volumes --------------------------------------------------------------------------------
+def _window16(arr: np.ndarray) -> tuple[float, float]:
+    lo, hi = np.percentile(arr, [0.5, 99.5])
+    return float(lo), float(hi if hi > lo else lo + 1.0)
+
+
+def _slices(arr: np.ndarray, axis: str):
+    """2D slices (rows, cols) of a (k, j, i) array along index axis x (i), y (j) or z (k); for x and y the rows
+    are flipped so the last k (superior in a usual LPS CT) is at the top."""
+    if axis == "z":
+        return [arr[k] for k in range(arr.shape[0])]
+    if axis == "y":
+        return [arr[::-1, j, :] for j in range(arr.shape[1])]
+    return [arr[::-1, :, i] for i in range(arr.shape[2])]
+
+
+def pairs_from_volumes(source: str | Path, target: str | Path, output: str | Path, axis: str = "z",
+                       progress: Progress | None = None) -> PairsReport:
+    """Slice pairs from two volumes on the same grid: `source` slices go to xray/ (input), `target` to drr/."""
+    from XrayToDRRLib.volumes import read_volume
+
+    from .dataset import stem_of
+
+    progress = progress or Progress()
+    if axis not in AXES:
+        raise InputError(f"unknown axis '{axis}'", None, "use --axis x, y or z (the volume's index axes)")
+    a = read_volume(source, "input volume")
+    b = read_volume(target, "target volume")
+    same = (a.GetSize() == b.GetSize() and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-4)
+            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-3)
+            and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-4))
+    if not same:
+        raise InputError(f"grid {b.GetSize()} @ {np.round(b.GetSpacing(), 3).tolist()} mm, origin "
+                         f"{np.round(b.GetOrigin(), 2).tolist()} differs from the input volume's {a.GetSize()} @ "
+                         f"{np.round(a.GetSpacing(), 3).tolist()} mm, origin {np.round(a.GetOrigin(), 2).tolist()}",
+                         target, "resample one volume onto the other's grid first (e.g. xraytodrr coregister)")
+    out = check_output_dir(output, [source, target], "-o")
+    arrays = [sitk.GetArrayFromImage(v).astype(np.float32) for v in (a, b)]
+    windows = [_window16(arr) for arr in arrays]
+    stem = stem_of(source)
+    kept, dropped, rows = [], [], []
+    sa, sb = _slices(arrays[0], axis), _slices(arrays[1], axis)
+    with atomic_dir(out) as tmp:
+        tmp = Path(tmp)
+        (tmp / "xray").mkdir()
+        (tmp / "drr").mkdir()
+        for idx, (s0, s1) in enumerate(zip(sa, sb)):
+            progress.update(idx / len(sa), f"slice {idx + 1}/{len(sa)}")
+            name = f"{stem}_{axis}{idx:04d}"
+            u0, u1 = [np.clip((s - lo) / (hi - lo), 0, 1) for s, (lo, hi) in zip((s0, s1), windows)]
+            if float(u0.std()) < 1e-3 or float(u1.std()) < 1e-3:
+                dropped.append({"name": name, "reason": "blank slice"})
+                rows.append({"name": name, "status": "dropped", "reason": "blank slice", "index": idx})
+                continue
+            for img, sub in ((u0, "xray"), (u1, "drr")):
+                sitk.WriteImage(sitk.GetImageFromArray(np.round(img * 65535).astype(np.uint16)),
+                                str(tmp / sub / f"{name}.png"))
+            kept.append(name)
+            rows.append({"name": name, "status": "kept", "reason": "", "index": idx})
+        if not kept:
+            raise InputError("every slice is blank in one of the volumes", source, "check the two volumes overlap")
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=["name", "status", "reason", "input_volume", "target_volume",
+                                                    "axis", "index"], lineterminator="\n")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({**r, "input_volume": str(Path(source).resolve()),
+                             "target_volume": str(Path(target).resolve()), "axis": axis})
+        (tmp / "pairs.csv").write_text(buffer.getvalue())
+    progress.log(f"wrote {len(kept)} slice pair(s) to {out}" + (f"; dropped {len(dropped)} blank" if dropped else ""))
+    progress.update(1.0, "done")
+    return PairsReport(out, kept, dropped, out / "pairs.csv")
