@@ -164,13 +164,9 @@ def load_pose(path: str | Path) -> Pose:
 
 
 def _pose_from_checkpoint(p: Path) -> Pose:
-    import torch
+    from .torchfiles import load_torch_file
 
-    try:
-        data = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for corrupt or unsafe files
-        raise InputError(f"cannot read as a torch file ({type(e).__name__})", p,
-                         "give a parameters.pt written by xraytodrr register") from None
+    data = load_torch_file(p, "give a parameters.pt written by xraytodrr register")
     pose = data.get("pose") if isinstance(data, dict) else None
     if not isinstance(pose, dict):
         raise InputError("has no canonical 'pose' entry", p, "give a parameters.pt written by xraytodrr register")
