@@ -36,6 +36,7 @@ from XrayToDRRLib.errors import InputError, require_file
 from XrayToDRRLib.images import save_image
 from XrayToDRRLib.pose import Pose, load_pose
 from XrayToDRRLib.progress import Progress
+from XrayToDRRLib.torchfiles import load_torch_file
 
 from .dataset import image_info
 from .outputs import check_output_dir
@@ -95,8 +96,6 @@ def find_registration_folders(paths: list[str | Path]) -> list[Path]:
 
 
 def read_case(folder: Path) -> Case:
-    import torch
-
     missing = [f for f in REQUIRED if not (folder / f).is_file()]
     if missing:
         raise InputError(f"registration folder lacks {', '.join(missing)}", folder, FIX_FOLDER)
@@ -108,11 +107,7 @@ def read_case(folder: Path) -> Case:
     if not isinstance(metrics, dict):
         raise InputError("must hold a JSON object", folder / "metrics.json", "write {\"ncc\": 0.9, ...}")
     params_path = folder / "parameters.pt"
-    try:
-        params = torch.load(params_path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for corrupt or unsafe files
-        raise InputError(f"cannot read as a torch file ({type(e).__name__})", params_path,
-                         "give the parameters.pt written by xraytodrr register") from None
+    params = load_torch_file(params_path, "give the parameters.pt written by xraytodrr register")
     settings = params.get("settings") if isinstance(params, dict) else None
     if not isinstance(settings, dict) or not settings.get("volume"):
         raise InputError("has no settings['volume'] (the CT it was registered to)", params_path,
