@@ -16,38 +16,45 @@ import torch
 import torch.nn.functional as F
 
 from .pose import Pose
-from .render import hu_to_mu, pick_device
-from .volumes import array_ijk, ras_affine
+from .render import MU_WATER_PER_MM, hu_to_mu, pick_device
+from .volumes import ras_affine
 
 MODES = ("preview", "hq", "full")
-AIR_MU = 1e-4  # 1/mm; below this a voxel counts as air for ray clipping (air is ~0.0000 , fat ~0.018)
+AIR_MU = 0.5 * MU_WATER_PER_MM  # below -500 HU a voxel counts as air for ray clipping: CT air is noisy
 
 
 class _Level:
-    """One pyramid level: attenuation as a (1,1,K,J,I) tensor, its world -> grid_sample-coordinate matrix and the
-    grid-coordinate box that holds every non-air voxel."""
+    """One pyramid level: attenuation as a (1,1,K,J,I) tensor (SimpleITK's array order, which is grid_sample's),
+    its world -> grid_sample-coordinate matrix and the grid-coordinate box that holds every non-air voxel."""
 
-    def __init__(self, mu: torch.Tensor, affine: np.ndarray):
+    def __init__(self, mu_kji: torch.Tensor, affine: np.ndarray):
         # One voxel of air around the volume: rays are clipped where the integrand is exactly 0, so the clip
         # distances carry no gradient even where the CT cuts through the body.
-        mu = F.pad(mu, (1, 1, 1, 1, 1, 1))
+        mu_kji = F.pad(mu_kji, (1, 1, 1, 1, 1, 1))
         affine = affine @ _translation([-1.0, -1.0, -1.0])
-        self.mu = mu[None, None].permute(0, 1, 4, 3, 2).contiguous()  # (i,j,k) -> (1,1,k,j,i) for grid_sample
-        self.shape = np.array(mu.shape)
+        self.mu = mu_kji[None, None]
+        self.shape = np.array(mu_kji.shape[::-1])  # (I, J, K), matching `affine`'s index order
         self.affine = affine
         self.voxel = float(np.min(np.linalg.norm(affine[:3, :3], axis=0)))
         to_grid = np.eye(4)  # voxel index -> [-1, 1] (align_corners=True: -1 and 1 are the edge voxels' centres)
         to_grid[:3, :3] = np.diag(2.0 / np.maximum(self.shape - 1, 1))
         to_grid[:3, 3] = -1.0
         self.grid_from_world = torch.as_tensor(to_grid @ np.linalg.inv(affine), dtype=torch.float32,
-                                               device=mu.device)
-        occupied = torch.nonzero(mu > AIR_MU)
-        if len(occupied):
-            lo, hi = occupied.min(0).values.cpu().numpy() - 1, occupied.max(0).values.cpu().numpy() + 1
-        else:
-            lo, hi = np.zeros(3), self.shape - 1
-        box = np.stack([lo, hi]).clip(0, self.shape - 1) * 2.0 / np.maximum(self.shape - 1, 1) - 1.0
-        self.box = torch.as_tensor(box, dtype=torch.float32, device=mu.device)
+                                               device=mu_kji.device)
+        lo, hi = _occupied_range(mu_kji > AIR_MU)
+        box = np.stack([lo - 1, hi + 1]).clip(0, self.shape - 1) * 2.0 / np.maximum(self.shape - 1, 1) - 1.0
+        self.box = torch.as_tensor(box, dtype=torch.float32, device=mu_kji.device)
+
+
+def _occupied_range(occupied_kji: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(i, j, k) index ranges holding True voxels (the whole grid when none does)."""
+    lo, hi = [], []
+    for dims in ((0, 1), (0, 2), (1, 2)):  # reduce to the i, then j, then k axis
+        hits = torch.nonzero(occupied_kji.any(dim=dims[1]).any(dim=dims[0])).flatten()
+        size = occupied_kji.shape[2 - len(lo)]
+        lo.append(int(hits.min()) if len(hits) else 0)
+        hi.append(int(hits.max()) if len(hits) else size - 1)
+    return np.array(lo), np.array(hi)
 
 
 def _translation(offset) -> np.ndarray:
@@ -56,44 +63,47 @@ def _translation(offset) -> np.ndarray:
     return m
 
 
-def _pool(mu: torch.Tensor, affine: np.ndarray, factors: tuple[int, int, int]) -> tuple[torch.Tensor, np.ndarray]:
+def _pool(mu_kji: torch.Tensor, affine: np.ndarray, factors_ijk) -> tuple[torch.Tensor, np.ndarray]:
     """Box-filter and subsample by integer factors per axis; air (0) pads the far edges to whole blocks."""
-    pads = [(-n) % f for n, f in zip(mu.shape, factors)]
-    padded = F.pad(mu[None, None], (0, pads[2], 0, pads[1], 0, pads[0]))
-    pooled = F.avg_pool3d(padded, kernel_size=factors, stride=factors)[0, 0]
+    fk, fj, fi = factors_ijk[::-1]
+    pads = [(-n) % f for n, f in zip(mu_kji.shape, (fk, fj, fi))]
+    padded = F.pad(mu_kji[None, None], (0, pads[2], 0, pads[1], 0, pads[0]))
+    pooled = F.avg_pool3d(padded, kernel_size=(fk, fj, fi), stride=(fk, fj, fi))[0, 0]
     step = np.eye(4)
-    step[:3, :3] = np.diag(factors)
-    step[:3, 3] = (np.array(factors) - 1) / 2.0  # new voxel 0's centre = centre of the old block
+    step[:3, :3] = np.diag(factors_ijk)
+    step[:3, 3] = (np.array(factors_ijk) - 1) / 2.0  # new voxel 0's centre = centre of the old block
     return pooled, affine @ step
 
 
 class FastRenderer:
-    """Render canonical poses of one volume: `render(poses, mode)` for images, `render_tensor` for gradients."""
+    """Render canonical poses of one volume: `render(poses, mode)` for images, `render_tensor` for gradients.
+    `attenuation` (1/mm) and `mask` are (i, j, k) arrays like `volumes.array_ijk`; by default the CT's HU are
+    converted with `render.hu_to_mu`."""
 
     def __init__(self, volume: sitk.Image, mask: np.ndarray | None = None, device: str | torch.device = "auto",
                  attenuation: np.ndarray | None = None, n_levels: int = 5, chunk_samples: int = 2 ** 22,
                  preview_budget: int = 2 ** 19):
         self.device = pick_device(device)
-        mu = hu_to_mu(array_ijk(volume)) if attenuation is None else np.asarray(attenuation, np.float32)
+        if attenuation is None:
+            mu = hu_to_mu(sitk.GetArrayViewFromImage(volume))  # already (k, j, i): no transpose copy
+        else:
+            mu = np.asarray(attenuation, np.float32).transpose(2, 1, 0)
         if mask is not None:
-            mu = mu * mask
+            mu = mu * np.asarray(mask).transpose(2, 1, 0)
         affine = ras_affine(volume)
-        level = torch.from_numpy(np.ascontiguousarray(mu)).to(self.device)
+        level = torch.from_numpy(np.ascontiguousarray(mu, dtype=np.float32)).to(self.device)
         self.levels = [_Level(level, affine)]
-        spacing = np.linalg.norm(affine[:3, :3], axis=0)
+        finest = np.linalg.norm(affine[:3, :3], axis=0).min()
         for n in range(1, n_levels):
-            # Each level doubles the finest voxel size; axes already coarser than the target are kept.
-            target = spacing.min() * 2 ** n
-            factors = tuple(max(1, int(round(target / (s * self._factor_so_far(n - 1, s, spacing))))) for s in spacing)
+            # Each level doubles the finest voxel size; axes already that coarse are kept.
+            current = np.linalg.norm(affine[:3, :3], axis=0)
+            factors = tuple(max(1, int(round(finest * 2 ** n / c))) for c in current)
             if max(factors) == 1 or min(level.shape) < 4:
                 break
             level, affine = _pool(level, affine, factors)
             self.levels.append(_Level(level, affine))
         self.chunk_samples = chunk_samples
         self.preview_budget = preview_budget
-
-    def _factor_so_far(self, n: int, s: float, spacing: np.ndarray) -> float:
-        return float(np.linalg.norm(self.levels[n].affine[:3, :3], axis=0)[list(spacing).index(s)] / s)
 
     # --- level and sampling choice ------------------------------------------------------------------------
     def footprint(self, pose: Pose) -> float:

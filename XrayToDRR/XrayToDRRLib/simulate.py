@@ -111,13 +111,13 @@ def material_fractions(hu: np.ndarray, bone_hu: float) -> tuple[np.ndarray, np.n
 
 
 def path_lengths(ct: sitk.Image, pose: Pose, bone_hu: float, device="auto") -> tuple[np.ndarray, np.ndarray]:
-    """Water and bone path-length images (mm) at `pose`."""
-    from .render import DRRRenderer
+    """Water and bone path-length images (mm) at `pose` (FastRenderer in hq mode: Nyquist-matched to the detector)."""
+    from .fast_render import FastRenderer
     from .volumes import array_ijk
 
     water, bone = material_fractions(array_ijk(ct), bone_hu)
-    lw = DRRRenderer(ct, attenuation=water, device=device).render(pose)
-    lb = DRRRenderer(ct, attenuation=bone, device=device).render(pose) if np.any(bone) else np.zeros_like(lw)
+    lw = FastRenderer(ct, attenuation=water, device=device).render(pose, "hq")
+    lb = FastRenderer(ct, attenuation=bone, device=device).render(pose, "hq") if np.any(bone) else np.zeros_like(lw)
     return np.clip(lw, 0, None).astype(np.float64), np.clip(lb, 0, None).astype(np.float64)
 
 
