@@ -217,7 +217,7 @@ def test_markups_metrics_table_and_overlay(scene):
 
 def test_a_saved_scene_keeps_nodes_attributes_and_matrices(scene, tmp_path):
     pose = odd_pose()
-    pose_node = mrml.pose_to_transform_node(pose, scene, "true pose")
+    mrml.pose_to_transform_node(pose, scene, "true pose")
     xray = mrml.xray_to_volume_node(read_xray_like(ramp()), scene, "X-ray", pose=pose)
     xray.SetAttribute("XrayToDRR.sdd", repr(pose.sdd))
     drr = mrml.drr_to_volume_node(ramp().astype(np.float32) / 7, pose, scene, "DRR")

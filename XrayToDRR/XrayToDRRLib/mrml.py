@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import slicer
@@ -26,6 +27,9 @@ import vtk
 
 from .errors import InputError
 from .pose import Pose
+
+if TYPE_CHECKING:
+    from .xray import Xray
 
 PREFIX = "XrayToDRR."
 INTRINSICS = ("sdd", "height", "width", "delx", "dely", "x0", "y0")
