@@ -122,6 +122,14 @@ def test_a_cancelled_training_keeps_the_last_complete_checkpoint(tmp_path, data3
     assert load_checkpoint(tmp_path / "run" / "latest.pth.tar")["epoch"] == 1
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_ddp_with_two_gloo_processes_matches_one_process_with_the_doubled_batch(tmp_path, data32):
     """torchrun, 2 CPU processes x batch 1 == 1 process x batch 2 (same pairs per step, averaged gradients);
     only rank 0 writes."""
@@ -129,7 +137,7 @@ def test_ddp_with_two_gloo_processes_matches_one_process_with_the_doubled_batch(
     args = ["translate", "train", "-i", str(data32), "--epochs", "2", "--image-size", "32", "--ngf", "8", "--ndf",
             "8", "--val-fraction", "0.25", "--save-every", "1", "--device", "cpu", "--progress", "none"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", str(29400 + os.getpid() % 500),
+    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", str(_free_port()),
                            "-m", "XrayToDRRLib", *args, "-o", str(tmp_path / "ddp")],
                           capture_output=True, text=True, env=env, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
