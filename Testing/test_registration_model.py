@@ -189,6 +189,10 @@ def test_predicted_pose_is_canonical_with_the_xray_detector(full_run, small_ct, 
     assert (pose.sdd, pose.height, pose.width, pose.delx, pose.dely) == (1000.0, 40, 48, 7.0, 7.0)
     again = initial_pose_from_model(xray, full_run / "last.pth", small_ct, "cpu")
     assert np.allclose(again.world_from_camera, pose.world_from_camera)
+    from XrayToDRRRegistrationLib import initialize  # registration's --model hook calls this prediction
+
+    hooked = initialize.initial_pose_from_model(xray, full_run / "last.pth", small_ct, "cpu")
+    assert np.allclose(hooked.world_from_camera, pose.world_from_camera)
 
 
 def test_short_patient_specific_training_predicts_better_than_a_random_pose(tmp_path, small_ct, small_ct_path):

