@@ -99,12 +99,13 @@ def resize_area(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def ncc(a: np.ndarray, b: np.ndarray) -> float:
-    """Normalised cross-correlation of two images of one size (0 when either is constant)."""
+    """Normalised cross-correlation of two images of one size (0 when either is constant). Elementwise sums, not
+    BLAS: a threaded dot product can stall for tens of ms on a busy machine, longer than the live render."""
     a = np.asarray(a, dtype=np.float64).ravel()
     b = np.asarray(b, dtype=np.float64).ravel()
     a, b = a - a.mean(), b - b.mean()
-    denominator = math.sqrt(float(a @ a) * float(b @ b))
-    return float(a @ b / denominator) if denominator > 0 else 0.0
+    denominator = math.sqrt(float(np.sum(a * a)) * float(np.sum(b * b)))
+    return float(np.sum(a * b) / denominator) if denominator > 0 else 0.0
 
 
 def set_grid_like(node, reference, height: int, width: int) -> None:

