@@ -401,7 +401,8 @@ class Trainer:
         self._volume: tuple[int, TrainingVolume] | None = None
         self.volume(0)  # read the first CT now: a bad file fails before anything is written
         torch.manual_seed(int(config.seed))
-        model = build_model(config.to_dict(), device)
+        # ImageNet weights only for a fresh network (a resumed or finetuned one gets its weights from a checkpoint).
+        model = build_model(dict(config.to_dict(), pretrained=config.pretrained and init_state is None), device)
         if init_state is not None:
             try:
                 model.load_state_dict(init_state)
@@ -556,7 +557,7 @@ def train(config: TrainConfig | None, output: str | Path, device: str = "auto", 
             raise InputError("nothing to train", None, "give a training config or --resume CKPT")
         config = config.resolved(here)
         _check_output(output, resume)
-        trainer = Trainer(config, here, info, init_state=init_state)
+        trainer = Trainer(config, here, info, init_state=ckpt["model_state_dict"] if ckpt is not None else init_state)
         start, elapsed, history = 0, 0.0, None
         if ckpt is not None:
             trainer.load_state(ckpt)
