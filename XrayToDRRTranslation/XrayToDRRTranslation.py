@@ -400,6 +400,9 @@ class XrayToDRRTranslationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
     def onResume(self, checked=False) -> None:
         p = self._parameterNode
         resume = _path(p.resumeCheckpoint) or _path(p.runFolder)
+        if self._task is None and resume is None:
+            slicer.util.infoDisplay("Choose the checkpoint (or the run folder) to resume.", windowTitle="XrayToDRR")
+            return
         runFolder = _path(p.runFolder) or (self.logic.checkpointOf(resume).parent if resume else None)
         self._start(self.ui.resumeButton, lambda: self.logic.train(
             _path(p.trainingData), runFolder, p.epochs, saveEvery=p.saveEvery, resume=resume, log=p.logger,

@@ -35,7 +35,11 @@ def translated_to_volume_node(pixels: np.ndarray, xray_node, scene, name: str, c
                          xray_node.GetName(), "translate this X-ray (a one-slice volume) with `translate predict`")
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
     slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(pixels[None]))
-    node.CopyOrientation(xray_node)
+    directions = np.zeros((3, 3))
+    xray_node.GetIJKToRASDirections(directions)
+    node.SetIJKToRASDirections(directions)  # copied field by field: exactly the X-ray's numbers
+    node.SetSpacing(xray_node.GetSpacing())
+    node.SetOrigin(xray_node.GetOrigin())
     parent = xray_node.GetParentTransformNode()
     node.SetAndObserveTransformNodeID(parent.GetID() if parent is not None else None)
     node.CreateDefaultDisplayNodes()
