@@ -261,6 +261,7 @@ class XrayToDRRRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self._syncing = False  # values being set from the node: do not move the node again
         self._applying = False  # the node being moved by the review: do not read it back
         self._result = None  # (xray node shown, drr node, (difference, checkerboard) or None)
+        self._renderNode = False  # next review render: the node's own pose (a direct edit), not the sliders'
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -455,6 +456,9 @@ class XrayToDRRRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
 
     def onResumeTraining(self, checked=False) -> None:
         p = self._parameterNode
+        if self._task is None and not _path(p.modelFolder):
+            slicer.util.infoDisplay("Choose the run folder to resume (it holds last.pth).", windowTitle="XrayToDRR")
+            return
         self._start(self.ui.resumeTrainingButton, lambda: self.logic.train(
             None, _path(p.modelFolder), resume=_path(p.modelFolder), wait=False), self._modelDone)
 
@@ -599,6 +603,7 @@ class XrayToDRRRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
 
     def onReviewValueChanged(self, value=None) -> None:
         if not self._syncing and self._review is not None:
+            self._renderNode = False
             self._scheduleReview()
 
     def _scheduleReview(self) -> None:
@@ -611,7 +616,7 @@ class XrayToDRRRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
             return
         self._applying = True
         try:
-            ncc = self._review.update(self._values())
+            ncc = self._review.render() if self._renderNode else self._review.update(self._values())
         except Exception as e:
             self._closeReview()
             self._parameterNode.livePreview = False
@@ -619,6 +624,7 @@ class XrayToDRRRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
             return
         finally:
             self._applying = False
+            self._renderNode = False
         rate = 1.0 / self._review.seconds if self._review.seconds else 0.0
         self.ui.nccLabel.text = f"NCC {ncc:.4f}   ({rate:.0f} renders/s)"
 
@@ -627,6 +633,7 @@ class XrayToDRRRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         if self._applying or self._review is None:
             return
         self._syncValuesFromNode()
+        self._renderNode = True  # the sliders may be clipped to their ranges: render the node as it is
         self._scheduleReview()
 
     def _syncValuesFromNode(self) -> None:
@@ -634,7 +641,8 @@ class XrayToDRRRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self._syncing = True
         try:
             for name, value in zip(REVIEW_VALUES, values):
-                setattr(self._parameterNode, name, float(value))
+                limit = 45.0 if name.startswith("reviewR") else 150.0  # the sliders' ranges
+                setattr(self._parameterNode, name, float(np.clip(value, -limit, limit)))
         finally:
             self._syncing = False
 
