@@ -552,6 +552,8 @@ class XrayToDRRTranslationLogic(ScriptedLoadableModuleLogic):
                 kept.append(folder)
                 continue
             staged = Path(stagingFolder) / folder.name
+            if staged.exists():  # two accepted folders of one name: pairs then prefixes the parent's name too
+                staged = Path(stagingFolder) / folder.parent.name / folder.name
             staged.mkdir(parents=True, exist_ok=False)
             for name in ("gt.png", "metrics.json"):
                 shutil.copy2(folder / name, staged / name)
