@@ -261,6 +261,7 @@ class XrayToDRRRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self._syncing = False  # values being set from the node: do not move the node again
         self._applying = False  # the node being moved by the review: do not read it back
         self._result = None  # (xray node shown, drr node, (difference, checkerboard) or None)
+        self._reviewComparison = None  # (difference, checkerboard) of the live preview
         self._renderNode = False  # next review render: the node's own pose (a direct edit), not the sliders'
 
     def setup(self) -> None:
@@ -546,22 +547,33 @@ class XrayToDRRRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self.updateComparison(True)
 
     def updateComparison(self, recompute: bool = False) -> None:
-        """Overlay, difference or checkerboard of the result's DRR and the X-ray in the Red view."""
+        """Overlay, difference or checkerboard of the DRR and the X-ray in the Red view: the result's DRR, or the
+        live preview while reviewing."""
         p = self._parameterNode
         if p is None or p.resultPose is None:
             return
-        drr = p.resultPose.GetNodeReference("XrayToDRR.drr")
         xray = p.resultPose.GetNodeReference("XrayToDRR.xray") or p.xrayVolume
-        if drr is None or xray is None:
-            return
-        if self._review is not None and self._review.node is not None and p.viewMode == "overlay":
-            drr = self._review.node
         with slicer.util.tryWithErrorDisplay("Cannot show the comparison.", waitCursor=False):
+            if self._review is not None and self._review.node is not None and xray is not None:
+                if p.viewMode != "overlay":
+                    self._reviewComparison = self.logic.compare(xray, self._review.node, p.checkerTiles,
+                                                                self._reviewComparison or (None, None))
+                self.logic.showComparison(xray, self._review.node, p.viewMode, p.opacity, self._reviewComparison)
+                return
+            drr = p.resultPose.GetNodeReference("XrayToDRR.drr")
+            if drr is None or xray is None:
+                return
             comparison = self._result[2] if self._result and not recompute else None
             if p.viewMode != "overlay" and comparison is None:
-                comparison = self.logic.compare(xray, p.resultPose.GetNodeReference("XrayToDRR.drr"), p.checkerTiles)
+                comparison = self.logic.compare(xray, drr, p.checkerTiles, self._comparisonNodes(drr))
             self._result = (xray, drr, comparison)
             self.logic.showComparison(xray, drr, p.viewMode, p.opacity, comparison)
+
+    def _comparisonNodes(self, drr):
+        """The difference and checkerboard nodes made earlier for this DRR (updated, not added again)."""
+        if self._result and self._result[1] is drr and self._result[2]:
+            return self._result[2]
+        return (None, None)
 
     # --- live review -----------------------------------------------------------------------------------------------
     def onLivePreview(self, on) -> None:
@@ -596,6 +608,10 @@ class XrayToDRRRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         if self._review is not None:
             self._review.close()
             self._review = None
+        for node in self._reviewComparison or ():
+            if node is not None and slicer.mrmlScene.GetNodeByID(node.GetID()) is not None:
+                slicer.mrmlScene.RemoveNode(node)
+        self._reviewComparison = None
 
     def _values(self) -> list[float]:
         p = self._parameterNode
@@ -625,6 +641,8 @@ class XrayToDRRRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         finally:
             self._applying = False
             self._renderNode = False
+        if self._parameterNode.viewMode != "overlay":
+            self.updateComparison()
         rate = 1.0 / self._review.seconds if self._review.seconds else 0.0
         self.ui.nccLabel.text = f"NCC {ncc:.4f}   ({rate:.0f} renders/s)"
 
