@@ -274,7 +274,7 @@ def test_the_logic_builds_the_verbs_command_lines(logic, scene, registered, tmp_
     tasks = []
     try:
         tasks.append(logic.register(xray, ct, initPose=pose_node, segmentationNode=labels, labels="1", crop=4,
-                                    extraArgs="--similarity ncc", wait=False))
+                                    similarity="ncc", saveImages=True, extraArgs="--seed 3", wait=False))
         tasks.append(logic.register(xray, ct, landmarks=(on_xray, on_ct), outputFolder=tmp_path / "out",
                                     wait=False))
         tasks.append(logic.train(ct, tmp_path / "run", 1020.0, 64, 4.0, nEpochs=1, ranges={"r1": (-5.0, 5.0)},
@@ -290,7 +290,10 @@ def test_the_logic_builds_the_verbs_command_lines(logic, scene, registered, tmp_
     assert first[first.index("--init-pose") + 1] == "init_pose.json"
     assert np.allclose(json.loads((cwd / "init_pose.json").read_text())["world_from_camera"], pose.world_from_camera)
     assert first[first.index("--mask") + 1] == "mask.nrrd" and first[first.index("--labels") + 1] == "1"
-    assert first[first.index("--crop") + 1] == "4" and first[-4:-2] == ["--similarity", "ncc"]
+    assert first[first.index("--crop") + 1] == "4" and first[first.index("--similarity") + 1] == "ncc"
+    assert "--save-images" in first and first[-4:-2] == ["--seed", "3"]
+    for default in ("--lr-rot", "--lr-xyz", "--patience", "--max-n-itrs", "--renderer", "--scales", "--collimator"):
+        assert default not in first and default not in second  # the verb's defaults are left to the verb
     assert first[first.index("--device") + 1] == "cpu"
     assert "--model" not in first and "--init-landmarks" not in first
     assert second[second.index("-o") + 1] == str(tmp_path / "out")
@@ -312,3 +315,31 @@ def test_the_logic_builds_the_verbs_command_lines(logic, scene, registered, tmp_
     assert logic.parseRanges("r1 -20 20; tx -30, 30") == {"r1": (-20.0, 20.0), "tx": (-30.0, 30.0)}
     with pytest.raises(Exception, match="cannot read pose range"):
         logic.parseRanges("r9 1 2")
+
+
+def test_result_folders_load_the_verbs_drr_and_a_folder_run_loads_every_registered_xray(logic, scene, registered,
+                                                                                       tmp_path):
+    from XrayToDRRLib.images import save_image
+
+    ct, xray, pose, folder = registered
+    hq = np.outer(np.arange(48), np.ones(64)).astype(np.float32)
+    save_image(hq, folder / "hq_drr.png")  # the verb's final DRR wins over a re-rendered one
+    pose_node, drr, _ = logic.loadRegistration(folder, xray, ct)
+    assert np.allclose(slicer.util.arrayFromVolume(drr)[0], hq / hq.max(), atol=1e-4)
+    assert logic.registrationFigure(folder) is None
+    save_image(hq, folder / "registration.png")
+    assert logic.registrationFigure(folder) == folder / "registration.png"
+
+    run = tmp_path / "batch"
+    for name in ("a", "b"):
+        (run / name).mkdir(parents=True)
+        pose.save(run / name / "pose.json")
+        save_image(slicer.util.arrayFromVolume(xray)[0], run / name / "gt.png")
+    (run / "summary.csv").write_text("xray,folder,status,error\n"
+                                     f"{tmp_path / 'missing-a.dcm'},{run / 'a'},ok,\n"
+                                     f"{tmp_path / 'missing-b.dcm'},b,ok,\n"
+                                     f"{tmp_path / 'c.dcm'},{run / 'c'},failed,no geometry\n")
+    results = logic.loadRegistrations(run, ct)
+    assert [r[1].GetAttribute("XrayToDRR.registrationFolder") for r in results] == [str(run / "a"), str(run / "b")]
+    for shown, pose_node, drr, table in results:  # the X-ray files are gone: their gt.png on the detector
+        assert shown.GetAttribute("XrayToDRR.kind") == "xray" and np.allclose(ijk_to_ras(shown), ijk_to_ras(drr))

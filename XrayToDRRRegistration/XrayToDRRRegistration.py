@@ -137,6 +137,15 @@ class XrayToDRRRegistrationParameterNode:
     crop: Annotated[int, WithinRange(0, 4096)] = 0
     subtractBackground: bool = False
     linearize: bool = False
+    collimator: Annotated[str, Choice(["auto", "none"])] = "auto"
+    similarity: Annotated[str, Choice(["gmncc", "ncc", "mncc", "gradncc", "mi"])] = "gmncc"
+    scales: str = "auto"
+    lrRot: Annotated[float, WithinRange(1e-6, 1.0)] = 1e-2
+    lrXyz: Annotated[float, WithinRange(1e-4, 100.0)] = 1.0
+    patience: Annotated[int, WithinRange(1, 1000)] = 8
+    maxIterations: Annotated[int, WithinRange(1, 100000)] = 200
+    finalRenderer: Annotated[str, Choice(["siddon", "trilinear", "fast"])] = "siddon"
+    saveImages: bool = False
     registerOptions: str = ""
     # result and review
     resultPose: vtkMRMLLinearTransformNode
@@ -481,8 +490,10 @@ class XrayToDRRRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
             initDicom=init == "dicom",
             landmarks=(p.xrayLandmarks, p.ctLandmarks) if init == "landmarks" else None,
             segmentationNode=p.segmentation, labels=p.labels, crop=p.crop,
-            subtractBackground=p.subtractBackground, linearize=p.linearize, extraArgs=p.registerOptions,
-            opacity=p.opacity)
+            subtractBackground=p.subtractBackground, linearize=p.linearize, collimator=p.collimator,
+            similarity=p.similarity, scales=p.scales.strip() or "auto", lrRot=p.lrRot, lrXyz=p.lrXyz,
+            patience=p.patience, maxIterations=p.maxIterations, renderer=p.finalRenderer,
+            saveImages=p.saveImages, extraArgs=p.registerOptions, opacity=p.opacity)
 
     def _registered(self, result) -> None:
         p = self._parameterNode
@@ -713,6 +724,9 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
 
     PREVIEW_SIZE = 128   # live review: pixels along the detector's longer side
     DRR_SIZE = 512       # result DRR: at most this many pixels along the longer side (same field of view)
+    # the register verb's defaults (XrayToDRRRegistrationLib.batch.RegistrationOptions)
+    REGISTER_DEFAULTS = {"crop": 0, "collimator": "auto", "similarity": "gmncc", "scales": "auto", "lr_rot": 1e-2,
+                         "lr_xyz": 1.0, "patience": 8, "max_n_itrs": 200, "renderer": "siddon"}
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
@@ -798,6 +812,15 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
             return str(volume)
         self.base._writeVolume(self._require(volume, "CT"), folder / name)
         return name
+
+    def _registerOptions(self, **options) -> list:
+        """`--name value` for each option of `register` that differs from the verb's default (RegistrationOptions),
+        so a run with the defaults gives exactly the verb's own command line."""
+        args = []
+        for key, value in options.items():
+            if value is not None and value != self.REGISTER_DEFAULTS.get(key):
+                args += [f"--{key.replace('_', '-')}", value]
+        return args
 
     def modelDetectorFromXray(self, xrayNode, height: int = 128) -> tuple[float, float]:
         """(sdd, delx) of a square `height`-pixel training detector covering the X-ray's larger side."""
@@ -913,9 +936,13 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
 
     def register(self, xrayNode, volumeNode, model=None, initPose=None, initView: Optional[str] = None,
                  initDicom: bool = False, landmarks=None, segmentationNode=None, labels=None, outputFolder=None,
-                 crop: int = 0, subtractBackground: bool = False, linearize: bool = False, extraArgs=None,
-                 name: Optional[str] = None, opacity: float = 0.5, wait: bool = True):
-        """Register the X-ray node to the CT node (`xraytodrr register`), initialised by exactly one of: `model`
+                 crop: int = 0, subtractBackground: bool = False, linearize: bool = False,
+                 collimator: str = "auto", similarity: str = "gmncc", scales: str = "auto", lrRot: float = 1e-2,
+                 lrXyz: float = 1.0, patience: int = 8, maxIterations: int = 200, renderer: str = "siddon",
+                 saveImages: bool = False, extraArgs=None, name: Optional[str] = None, opacity: float = 0.5,
+                 wait: bool = True):
+        """Register the X-ray node (or an X-ray file, or a folder of them) to the CT node (`xraytodrr register`),
+        initialised by exactly one of: `model`
         (pose-model checkpoint), `initPose` (a pose transform node, e.g. the current one, or a pose file),
         `initView` ('ap' | 'pa' | 'lateral'), `initDicom` (the X-ray's C-arm angles), `landmarks` (a pair of
         markups point lists (on the X-ray, on the CT), or a JSON file). `segmentationNode`/`labels` restrict the
@@ -923,20 +950,24 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
 
         Returns (pose transform node, DRR node on the detector plane over the X-ray, metrics table node); the pose
         node references them ('XrayToDRR.drr', 'XrayToDRR.xray', 'XrayToDRR.metrics') and keeps the output folder
-        as attribute XrayToDRR.registrationFolder."""
+        as attribute XrayToDRR.registrationFolder. For a folder of X-rays (one job, one result folder each and
+        summary.csv): [(X-ray node, pose node, DRR node, metrics table node), ...] of those registered."""
         from XrayToDRRLib import mrml
+        from XrayToDRRLib.errors import InputError
 
         self.base._requireEngine()
         self._require(volumeNode, "CT")
         folder = self.newFolder("register")
         out = Path(outputFolder) if outputFolder else folder / "registration"
-        xray = self._xrayFile(xrayNode, folder, keepDicom=initDicom)
+        isFile = isinstance(xrayNode, (str, Path))
+        xray = str(xrayNode) if isFile else self._xrayFile(xrayNode, folder, keepDicom=initDicom)
+        if isFile and landmarks is not None and not isinstance(landmarks, (str, Path)):
+            raise InputError("landmark point lists need the X-ray node they were placed on", str(xrayNode),
+                             "give the X-ray node, or a landmarks JSON file")
         args = ["register", xray, "--volume", self._volumeArgument(volumeNode, folder, "ct.nrrd"), "-o", out]
         given = [k for k, v in (("model", model), ("initPose", initPose), ("initView", initView),
                                 ("initDicom", initDicom or None), ("landmarks", landmarks)) if v is not None]
         if len(given) != 1:
-            from XrayToDRRLib.errors import InputError
-
             raise InputError(f"give exactly one initialisation (got {', '.join(given) or 'none'})", None,
                              "choose a pose model, a pose, a view, the DICOM angles or landmarks")
         if model is not None:
@@ -962,13 +993,19 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
             chosen = self.base._labels(labels)
             if chosen:
                 args += ["--labels", ",".join(str(v) for v in chosen)]
-        if crop:
-            args += ["--crop", int(crop)]
-        if subtractBackground:
-            args.append("--subtract-background")
-        if linearize:
-            args.append("--linearize")
+        args += self._registerOptions(crop=int(crop), collimator=collimator, similarity=similarity, scales=scales,
+                                      lr_rot=lrRot, lr_xyz=lrXyz, patience=int(patience),
+                                      max_n_itrs=int(maxIterations), renderer=renderer)
+        for flag, on in (("--subtract-background", subtractBackground), ("--linearize", linearize),
+                         ("--save-images", saveImages)):
+            if on:
+                args.append(flag)
         args += ["--device", self.device] + self._extra(extraArgs)
+        if isFile and Path(xray).is_dir():
+            return self.base._run("Registering X-rays", args, folder, [out],
+                                  lambda outputs: self.loadRegistrations(out, volumeNode, opacity), wait)
+        if isFile:
+            xrayNode = self.base.importXray(xray)
         name = name or f"{xrayNode.GetName()} registration"
 
         def finish(outputs):
@@ -977,15 +1014,12 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
         return self.base._run("Registering", args, folder, [out], finish, wait)
 
     def registerFiles(self, paths, volumeNode, outputFolder, **options) -> list:
-        """Register each X-ray file of a list (or of a folder) in turn, one output subfolder each (named after the
-        file). Returns [(X-ray node, pose node, DRR node, metrics table node), ...]."""
-        from XrayToDRRLib.images import suffix_of
-        from XrayToDRRLib.xray import DICOM_SUFFIXES, HEADER_SUFFIXES, PLAIN_SUFFIXES
-
+        """Register a folder of X-rays (one job: `xraytodrr register FOLDER`) or a list of X-ray files (one job
+        each), one result folder per X-ray under `outputFolder`. Returns [(X-ray node, pose node, DRR node, metrics
+        table node), ...] for those registered (the folder's summary.csv lists the others with their error)."""
         if isinstance(paths, (str, Path)) and Path(paths).is_dir():
-            suffixes = set(DICOM_SUFFIXES) | set(PLAIN_SUFFIXES) | set(HEADER_SUFFIXES)
-            paths = sorted(p for p in Path(paths).iterdir()
-                           if p.is_file() and not p.name.startswith(".") and suffix_of(p) in suffixes)
+            return self.register(str(paths), volumeNode, outputFolder=outputFolder, **options)
+        paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
         results = []
         for path in [Path(p) for p in paths]:
             xray = self.base.importXray(path)
@@ -993,13 +1027,35 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
                                                  **options)))
         return results
 
+    def loadRegistrations(self, folder, volumeNode=None, opacity: float = 0.5) -> list:
+        """The result folders listed as registered in FOLDER/summary.csv: [(X-ray node, pose node, DRR node,
+        metrics table node), ...] (the X-ray imported from its file when it can be, else its gt.png)."""
+        import csv
+
+        folder = Path(folder)
+        with open(folder / "summary.csv", newline="") as f:
+            rows = [row for row in csv.DictReader(f) if row.get("status") == "ok"]
+        results = []
+        for row in rows:
+            result = Path(row.get("folder") or "")
+            result = result if result.is_absolute() else folder / result
+            try:
+                xray = self.base.importXray(row["xray"])
+            except Exception:
+                xray = None  # loadRegistration shows gt.png instead
+            pose, drr, table = self.loadRegistration(result, xray, volumeNode, f"{result.name} registration",
+                                                     opacity)
+            results.append((xray or pose.GetNodeReference("XrayToDRR.xray"), pose, drr, table))
+        return results
+
     # --- results ---------------------------------------------------------------------------------------------------
     def loadRegistration(self, folder, xrayNode=None, volumeNode=None, name: Optional[str] = None,
                          opacity: float = 0.5):
-        """A registration output folder (pose.json, metrics.json, gt.png) as nodes: (pose transform node, DRR node,
-        metrics table node). The X-ray node is placed on the pose's detector plane when its size matches the
-        pose's detector, else the preprocessed X-ray (gt.png) is loaded there; the DRR (FastRenderer 'hq' at up to
-        DRR_SIZE pixels) is shown over it; the C-arm's source and detector are drawn."""
+        """A registration output folder (pose.json, metrics.json, gt.png, hq_drr.png) as nodes: (pose transform
+        node, DRR node, metrics table node). The X-ray node is placed on the pose's detector plane when its size
+        matches the pose's detector, else the preprocessed X-ray (gt.png) is loaded there; the DRR (the verb's
+        hq_drr.png, else the CT's FastRenderer 'hq' at up to DRR_SIZE pixels) is shown over it; the C-arm's source
+        and detector are drawn."""
         import SimpleITK as sitk
         from XrayToDRRLib import mrml
         from XrayToDRRLib.pose import load_pose
@@ -1021,10 +1077,15 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
             shown = mrml.xray_to_volume_node(Xray(pixels, pose.sdd, pose.delx, pose.dely, folder / "gt.png"),
                                              self.scene, f"{name} X-ray", pose)
         drr = None
-        if volumeNode is not None:
+        hq = folder / "hq_drr.png"  # the verb's final DRR (its --renderer), at the pose's detector
+        pixels = sitk.GetArrayFromImage(sitk.ReadImage(str(hq))).astype(np.float32) if hq.is_file() else None
+        if pixels is not None and pixels.shape == (pose.height, pose.width):
+            drr = mrml.drr_to_volume_node(pixels / max(float(pixels.max()), 1.0), pose, self.scene, f"{name} DRR")
+        elif volumeNode is not None:
             small = review.preview_pose(pose, self.DRR_SIZE)
             drr = mrml.drr_to_volume_node(self.renderer(volumeNode).render(small, "hq"), small, self.scene,
                                           f"{name} DRR")
+        if drr is not None:
             mrml.show_overlay(self.scene, shown, drr, opacity)
         metrics = {}
         if (folder / "metrics.json").is_file():
@@ -1040,11 +1101,14 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def registrationFigure(folder) -> Optional[Path]:
-        """The newest figure (PNG other than gt.png) in a registration output folder, None when there is none."""
-        if folder is None or not Path(folder).is_dir():
+        """The evaluation figure of a registration output folder (registration.png, written with --save-images or
+        by `xraytodrr evaluate`), else its final DRR (final_img.png); None when there is neither."""
+        if folder is None:
             return None
-        figures = [p for p in Path(folder).glob("*.png") if p.name != "gt.png"]
-        return max(figures, key=lambda p: p.stat().st_mtime) if figures else None
+        for name in ("registration.png", "final_img.png"):
+            if (Path(folder) / name).is_file():
+                return Path(folder) / name
+        return None
 
     def compare(self, xrayNode, drrNode, tiles: int = 8, nodes=(None, None)):
         """(difference node, checkerboard node) of the windowed DRR and X-ray, on the DRR's detector plane."""
