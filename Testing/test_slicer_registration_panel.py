@@ -310,6 +310,17 @@ def test_the_logic_builds_the_verbs_command_lines(logic, scene, registered, tmp_
     assert "--batch-size" not in train  # None: the verb's default
     assert finetune[:7] == ["finetune", "-i", "ct.nrrd", "-c", str(tmp_path / "model.pth"), "-o",
                             str(tmp_path / "fine")]
+    (folder / "metrics.json").write_text(json.dumps({"ncc": 0.9, "evaluation": {"final": {"ssim": 0.8}}}))
+    loaded, _, _ = logic.loadRegistration(folder, xray, ct)
+    task = logic.evaluate(loaded, pose_node, wait=False)
+    task.cancel()
+    evaluate = task.job.command[3:]
+    assert evaluate[:2] == ["evaluate", str(folder)] and evaluate[evaluate.index("--gt-pose") + 1] == "true_pose.json"
+    table = logic.metricsTable(folder, "metrics")
+    assert {table.GetCellText(r, 0): table.GetCellText(r, 1) for r in range(table.GetNumberOfRows())} == \
+        {"ncc": "0.9", "evaluation.final.ssim": "0.8"}
+    with pytest.raises(Exception, match="no registration output folder"):
+        logic.evaluate(pose_node, wait=False)
     with pytest.raises(Exception, match="exactly one initialisation"):
         logic.register(xray, ct, wait=False)
     assert logic.parseRanges("r1 -20 20; tx -30, 30") == {"r1": (-20.0, 20.0), "tx": (-30.0, 30.0)}

@@ -149,6 +149,7 @@ class XrayToDRRRegistrationParameterNode:
     registerOptions: str = ""
     # result and review
     resultPose: vtkMRMLLinearTransformNode
+    truePose: vtkMRMLLinearTransformNode
     viewMode: Annotated[str, Choice(["overlay", "difference", "checkerboard"])] = "overlay"
     opacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     checkerTiles: Annotated[int, WithinRange(2, 64)] = 8
@@ -293,7 +294,7 @@ class XrayToDRRRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
         self._stepButtons = [self.ui.trainButton, self.ui.resumeTrainingButton, self.ui.finetuneButton,
-                             self.ui.registerButton, self.ui.refineButton]
+                             self.ui.registerButton, self.ui.refineButton, self.ui.evaluateButton]
         self.ui.modelFromXrayButton.connect("clicked(bool)", self.onModelFromXray)
         self.ui.trainButton.connect("clicked(bool)", self.onTrain)
         self.ui.resumeTrainingButton.connect("clicked(bool)", self.onResumeTraining)
@@ -304,6 +305,7 @@ class XrayToDRRRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self.ui.rejectButton.connect("clicked(bool)", lambda checked=False: self.onDecision("reject"))
         self.ui.resetButton.connect("clicked(bool)", self.onReset)
         self.ui.openFigureButton.connect("clicked(bool)", self.onOpenFigure)
+        self.ui.evaluateButton.connect("clicked(bool)", self.onEvaluate)
         self.ui.livePreviewCheckBox.connect("toggled(bool)", self.onLivePreview)
         self.ui.viewModeComboBox.connect("currentIndexChanged(int)", lambda index: self.updateComparison())
         self.ui.opacitySliderWidget.connect("valueChanged(double)", lambda value: self.updateComparison())
@@ -526,6 +528,20 @@ class XrayToDRRRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         arguments.update(model=None, initPose=p.resultPose, initView=None, initDicom=False, landmarks=None)
         self._start(self.ui.refineButton, lambda: self.logic.register(
             p.xrayVolume, p.ctVolume, wait=False, **arguments), self._registered)
+
+    def onEvaluate(self, checked=False) -> None:
+        p = self._parameterNode
+        if self._task is None and p.resultPose is None:
+            slicer.util.infoDisplay("Register first (or select a pose transform under Result).", windowTitle="XrayToDRR")
+            return
+
+        def done(table):
+            self._showMetrics(table)
+            self._showFigure()
+
+        self._start(self.ui.evaluateButton, lambda: self.logic.evaluate(
+            p.resultPose, p.truePose or (p.xrayVolume.GetNodeReference("XrayToDRR.pose") if p.xrayVolume else None),
+            wait=False), done)
 
     def _showMetrics(self, table) -> None:
         if table is None:
@@ -1048,6 +1064,56 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
             results.append((xray or pose.GetNodeReference("XrayToDRR.xray"), pose, drr, table))
         return results
 
+    def evaluate(self, registration, truePose=None, wait: bool = True):
+        """Image metrics (and pose errors against `truePose`, a transform node or pose file) of a registration
+        (`xraytodrr evaluate`): `registration` is its pose node or output folder. Writes evaluation.png there and
+        adds to metrics.json. Returns the refreshed metrics table node (referenced by the pose node)."""
+        from XrayToDRRLib import mrml
+        from XrayToDRRLib.errors import InputError
+
+        self.base._requireEngine()
+        poseNode = registration if not isinstance(registration, (str, Path)) else None
+        if poseNode is not None and not poseNode.GetAttribute(FOLDER):
+            raise InputError("the pose has no registration output folder", poseNode.GetName(),
+                             "register first, or load a registration folder with loadRegistration")
+        folder = Path(poseNode.GetAttribute(FOLDER)) if poseNode is not None else Path(registration)
+        work = self.newFolder("evaluate")
+        args = ["evaluate", folder]
+        if isinstance(truePose, (str, Path)):
+            args += ["--gt-pose", truePose]
+        elif truePose is not None:
+            mrml.pose_from_transform_node(truePose).save(work / "true_pose.json")
+            args += ["--gt-pose", "true_pose.json"]
+
+        def finish(outputs):
+            table = self.metricsTable(folder, f"{poseNode.GetName() if poseNode else folder.name} metrics")
+            if poseNode is not None:
+                old = poseNode.GetNodeReference("XrayToDRR.metrics")
+                poseNode.SetNodeReferenceID("XrayToDRR.metrics", table.GetID())
+                if old is not None:
+                    self.scene.RemoveNode(old)
+            return table
+
+        return self.base._run("Evaluating", args, work, [folder / "evaluation.png"], finish, wait)
+
+    def metricsTable(self, folder, name: str):
+        """metrics.json of a registration folder as a table node (nested entries as dotted names)."""
+        from XrayToDRRLib import mrml
+
+        def flatten(data, prefix=""):
+            for key, value in data.items():
+                if isinstance(value, dict):
+                    yield from flatten(value, f"{prefix}{key}.")
+                elif isinstance(value, (int, float, str)) and not isinstance(value, bool):
+                    yield f"{prefix}{key}", value
+                else:
+                    yield f"{prefix}{key}", json.dumps(value)
+
+        path = Path(folder) / "metrics.json"
+        data = json.loads(path.read_text()) if path.is_file() else {}
+        metrics = dict(flatten(data)) if isinstance(data, dict) else {}
+        return mrml.metrics_to_table_node(metrics or {"ncc": ""}, self.scene, name)
+
     # --- results ---------------------------------------------------------------------------------------------------
     def loadRegistration(self, folder, xrayNode=None, volumeNode=None, name: Optional[str] = None,
                          opacity: float = 0.5):
@@ -1087,12 +1153,7 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
                                           f"{name} DRR")
         if drr is not None:
             mrml.show_overlay(self.scene, shown, drr, opacity)
-        metrics = {}
-        if (folder / "metrics.json").is_file():
-            data = json.loads((folder / "metrics.json").read_text())
-            metrics = {k: (v if isinstance(v, (int, float, str)) and not isinstance(v, bool) else json.dumps(v))
-                       for k, v in (data.items() if isinstance(data, dict) else [])}
-        table = mrml.metrics_to_table_node(metrics or {"ncc": ""}, self.scene, f"{name} metrics")
+        table = self.metricsTable(folder, f"{name} metrics")
         for role, node in (("XrayToDRR.drr", drr), ("XrayToDRR.xray", shown), ("XrayToDRR.metrics", table)):
             if node is not None:
                 poseNode.SetNodeReferenceID(role, node.GetID())
@@ -1101,11 +1162,11 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def registrationFigure(folder) -> Optional[Path]:
-        """The evaluation figure of a registration output folder (registration.png, written with --save-images or
-        by `xraytodrr evaluate`), else its final DRR (final_img.png); None when there is neither."""
+        """The evaluation figure of a registration output folder (evaluation.png by `xraytodrr evaluate`, else
+        registration.png by --save-images), else its final DRR (final_img.png); None when there is none."""
         if folder is None:
             return None
-        for name in ("registration.png", "final_img.png"):
+        for name in ("evaluation.png", "registration.png", "final_img.png"):
             if (Path(folder) / name).is_file():
                 return Path(folder) / name
         return None
