@@ -252,7 +252,8 @@ def test_difference_and_checkerboard_nodes_lie_on_the_drr_plane(logic, scene, re
     d = slicer.util.arrayFromVolume(difference)[0]
     assert np.abs(d).max() < 0.2  # the X-ray is this DRR
     c = slicer.util.arrayFromVolume(checker)[0]
-    a, b = review.unit_image(slicer.util.arrayFromVolume(xray)[0]), review.unit_image(slicer.util.arrayFromVolume(drr)[0])
+    a = review.unit_image(slicer.util.arrayFromVolume(xray)[0])
+    b = review.unit_image(slicer.util.arrayFromVolume(drr)[0])
     assert np.array_equal(c[:16, :16], a[:16, :16]) and np.array_equal(c[:16, 16:32], b[:16, 16:32])
     composite = logic.showComparison(xray, drr, "checkerboard", comparison=(difference, checker))
     assert composite.GetBackgroundVolumeID() == checker.GetID() and not composite.GetForegroundVolumeID()
@@ -315,7 +316,16 @@ def test_the_logic_builds_the_verbs_command_lines(logic, scene, registered, tmp_
     task = logic.evaluate(loaded, pose_node, wait=False)
     task.cancel()
     evaluate = task.job.command[3:]
-    assert evaluate[:2] == ["evaluate", str(folder)] and evaluate[evaluate.index("--gt-pose") + 1] == "true_pose.json"
+    assert evaluate[:3] == ["evaluate", "--data-dir", str(folder)]
+    assert evaluate[evaluate.index("--gt-pose") + 1] == "true_pose.json"
+    pictures = [logic.view3d(loaded, ct, wait=False), logic.animate(folder, ct, frames=5, wait=False)]
+    for task in pictures:
+        task.cancel()
+    view3d, animate = (task.job.command[3:] for task in pictures)
+    assert view3d[view3d.index("--pose") + 1] == str(folder / "pose.json")
+    assert view3d[view3d.index("-o") + 1] == str(folder)
+    assert animate[animate.index("--parameters") + 1] == str(folder / "parameters.pt")
+    assert animate[animate.index("-o") + 1] == str(folder / "registration.gif") and "--frames" in animate
     table = logic.metricsTable(folder, "metrics")
     assert {table.GetCellText(r, 0): table.GetCellText(r, 1) for r in range(table.GetNumberOfRows())} == \
         {"ncc": "0.9", "evaluation.final.ssim": "0.8"}

@@ -3,11 +3,11 @@
 The panel (XrayToDRRRegistrationWidget) only wires widgets to XrayToDRRRegistrationLogic, whose methods mirror the
 CLI verbs (`register`, `train`, `finetune`) with the same defaults and return MRML nodes:
 
-    logic = slicer.util.getModuleLogic("XrayToDRRRegistration")   # or XrayToDRRRegistration.XrayToDRRRegistrationLogic()
+    logic = slicer.util.getModuleLogic("XrayToDRRRegistration")  # or XrayToDRRRegistrationLogic()
     pose, drr, metrics = logic.register(xrayNode, ctNode, model="/models/patient.pth")   # xraytodrr register
     pose, drr, metrics = logic.register(xrayNode, ctNode, initPose=poseNode)             # from the current transform
     review = logic.startReview(pose, ctNode, xrayNode)       # live low-resolution DRR over the X-ray, NCC
-    review.update([0, 0, 2, 5, 0, 0])                        # rx, ry, rz (deg, about the volume centre), tx, ty, tz (mm)
+    review.update([0, 0, 2, 5, 0, 0])            # rx, ry, rz (deg, about the volume centre), tx, ty, tz (mm)
     logic.accept(pose, review)                               # review.json + the accepted list (Translation module)
 
 The pose is a linear transform node (matrix = world_from_camera, XrayToDRRLib.mrml); the DRR lies on the detector
@@ -65,6 +65,7 @@ REVIEW_VALUES = ("reviewRx", "reviewRy", "reviewRz", "reviewTx", "reviewTy", "re
 RANGE_NAMES = ("r1", "r2", "r3", "tx", "ty", "tz")
 REGISTERED_POSE = "XrayToDRR.registeredPose"  # transform node attribute: the registration result (JSON)
 FOLDER = "XrayToDRR.registrationFolder"       # transform node attribute: its registration output folder
+NEEDS_RESULT = "Register first (or select a pose transform under Result)."
 
 
 def _path(value) -> Optional[Path]:
@@ -294,7 +295,8 @@ class XrayToDRRRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
         self._stepButtons = [self.ui.trainButton, self.ui.resumeTrainingButton, self.ui.finetuneButton,
-                             self.ui.registerButton, self.ui.refineButton, self.ui.evaluateButton]
+                             self.ui.registerButton, self.ui.refineButton, self.ui.evaluateButton,
+                             self.ui.view3dButton, self.ui.animateButton]
         self.ui.modelFromXrayButton.connect("clicked(bool)", self.onModelFromXray)
         self.ui.trainButton.connect("clicked(bool)", self.onTrain)
         self.ui.resumeTrainingButton.connect("clicked(bool)", self.onResumeTraining)
@@ -306,6 +308,8 @@ class XrayToDRRRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self.ui.resetButton.connect("clicked(bool)", self.onReset)
         self.ui.openFigureButton.connect("clicked(bool)", self.onOpenFigure)
         self.ui.evaluateButton.connect("clicked(bool)", self.onEvaluate)
+        self.ui.view3dButton.connect("clicked(bool)", self.onView3d)
+        self.ui.animateButton.connect("clicked(bool)", self.onAnimate)
         self.ui.livePreviewCheckBox.connect("toggled(bool)", self.onLivePreview)
         self.ui.viewModeComboBox.connect("currentIndexChanged(int)", lambda index: self.updateComparison())
         self.ui.opacitySliderWidget.connect("valueChanged(double)", lambda value: self.updateComparison())
@@ -522,7 +526,7 @@ class XrayToDRRRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         """Register again, initialised at the pose under review."""
         p = self._parameterNode
         if p.resultPose is None:
-            slicer.util.infoDisplay("Register first (or select a pose transform under Result).", windowTitle="XrayToDRR")
+            slicer.util.infoDisplay(NEEDS_RESULT, windowTitle="XrayToDRR")
             return
         arguments = self._registerArguments()
         arguments.update(model=None, initPose=p.resultPose, initView=None, initDicom=False, landmarks=None)
@@ -532,7 +536,7 @@ class XrayToDRRRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
     def onEvaluate(self, checked=False) -> None:
         p = self._parameterNode
         if self._task is None and p.resultPose is None:
-            slicer.util.infoDisplay("Register first (or select a pose transform under Result).", windowTitle="XrayToDRR")
+            slicer.util.infoDisplay(NEEDS_RESULT, windowTitle="XrayToDRR")
             return
 
         def done(table):
@@ -542,6 +546,20 @@ class XrayToDRRRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self._start(self.ui.evaluateButton, lambda: self.logic.evaluate(
             p.resultPose, p.truePose or (p.xrayVolume.GetNodeReference("XrayToDRR.pose") if p.xrayVolume else None),
             wait=False), done)
+
+    def _openFile(self, path) -> None:
+        self._log(f"wrote {path}")
+        qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(path)))
+
+    def onView3d(self, checked=False) -> None:
+        p = self._parameterNode
+        self._start(self.ui.view3dButton, lambda: self.logic.view3d(p.resultPose, p.ctVolume, wait=False),
+                    lambda png: self._openFile(Path(png).with_suffix(".html")))
+
+    def onAnimate(self, checked=False) -> None:
+        p = self._parameterNode
+        self._start(self.ui.animateButton, lambda: self.logic.animate(p.resultPose, p.ctVolume, wait=False),
+                    self._openFile)
 
     def _showMetrics(self, table) -> None:
         if table is None:
@@ -715,7 +733,7 @@ class XrayToDRRRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
     def onDecision(self, decision: str) -> None:
         p = self._parameterNode
         if p.resultPose is None:
-            slicer.util.infoDisplay("Register first (or select a pose transform under Result).", windowTitle="XrayToDRR")
+            slicer.util.infoDisplay(NEEDS_RESULT, windowTitle="XrayToDRR")
             return
         with slicer.util.tryWithErrorDisplay("The decision could not be recorded.", waitCursor=True):
             path = self.logic.recordDecision(p.resultPose, decision, self._review, _path(p.registrationFolder))
@@ -1078,7 +1096,7 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
                              "register first, or load a registration folder with loadRegistration")
         folder = Path(poseNode.GetAttribute(FOLDER)) if poseNode is not None else Path(registration)
         work = self.newFolder("evaluate")
-        args = ["evaluate", folder]
+        args = ["evaluate", "--data-dir", folder]
         if isinstance(truePose, (str, Path)):
             args += ["--gt-pose", truePose]
         elif truePose is not None:
@@ -1095,6 +1113,38 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
             return table
 
         return self.base._run("Evaluating", args, work, [folder / "evaluation.png"], finish, wait)
+
+    def _registrationFolder(self, registration) -> Path:
+        from XrayToDRRLib.errors import InputError
+
+        if isinstance(registration, (str, Path)):
+            return Path(registration)
+        if registration is None or not registration.GetAttribute(FOLDER):
+            raise InputError("the pose has no registration output folder",
+                             registration.GetName() if registration else None,
+                             "register first, or load a registration folder with loadRegistration")
+        return Path(registration.GetAttribute(FOLDER))
+
+    def view3d(self, registration, volumeNode, outputFolder=None, wait: bool = True):
+        """The C-arm scene as a picture (`xraytodrr view3d`: bone surface, source, detector with the DRR, ray
+        cone): view3d.png and view3d.html in `outputFolder` (default: the registration folder). Returns the PNG."""
+        folder = self._registrationFolder(registration)
+        work = self.newFolder("view3d")
+        out = Path(outputFolder) if outputFolder else folder
+        args = ["view3d", "--volume", self._volumeArgument(volumeNode, work, "ct.nrrd"), "--pose",
+                folder / "pose.json", "-o", out, "--device", self.device]
+        return self.base._run("Drawing the 3D scene", args, work, [out / "view3d.png", out / "view3d.html"],
+                              lambda outputs: out / "view3d.png", wait)
+
+    def animate(self, registration, volumeNode, output=None, frames: int = 40, wait: bool = True):
+        """A GIF of the registration's iterations over the X-ray (`xraytodrr animate`), default
+        registration.gif in the registration folder. Returns its path."""
+        folder = self._registrationFolder(registration)
+        work = self.newFolder("animate")
+        out = Path(output) if output else folder / "registration.gif"
+        args = ["animate", "--volume", self._volumeArgument(volumeNode, work, "ct.nrrd"), "--parameters",
+                folder / "parameters.pt", "-o", out, "--frames", int(frames), "--device", self.device]
+        return self.base._run("Animating", args, work, [out], lambda outputs: out, wait)
 
     def metricsTable(self, folder, name: str):
         """metrics.json of a registration folder as a table node (nested entries as dotted names)."""
