@@ -105,6 +105,10 @@ def test_ncc_and_area_resize():
     assert review.ncc(a, 3 * a + 2) == pytest.approx(1.0)
     assert review.ncc(a, -a) == pytest.approx(-1.0)
     assert review.ncc(a, np.ones_like(a)) == 0.0
+    mask = np.zeros(a.shape, bool)
+    mask[2:8, 3:15] = True
+    b = np.where(mask, 2 * a, rng.random(a.shape))  # related inside the mask only
+    assert review.ncc(a, b, mask) == pytest.approx(1.0) and review.ncc(a, b) < 0.9
     big = np.kron(a, np.ones((4, 4)))  # each pixel a 4x4 block
     assert np.allclose(review.resize_area(big, 12, 20), a, atol=1e-6)
     assert review.resize_area(a, 7, 9).mean() == pytest.approx(a.mean())
@@ -163,6 +167,15 @@ def test_review_moves_the_node_renders_a_preview_and_reset_returns_the_result(lo
     # the preview covers the X-ray's field of view: same plane, twice the pixel size, same centre
     assert session.node.GetSpacing()[:2] == pytest.approx((4.0, 4.0))
     assert np.allclose(ijk_to_ras(session.node) @ [15.5, 11.5, 0, 1], ijk_to_ras(xray) @ [31.5, 23.5, 0, 1])
+
+    field = np.zeros((48, 64), np.uint8)  # registration's exposed field: NCC measured inside it
+    field[8:40, 8:56] = 1
+    from XrayToDRRLib.images import save_image
+
+    save_image(field.astype(float), folder / "field.png")
+    masked = logic.startReview(pose_node, ct, size=32)
+    assert masked.mask.shape == (24, 32) and masked.mask.sum() == 16 * 24
+    masked.close()
 
     edited = review.review_pose(pose, [1, 2, 3, 4, 5, 6], center)  # a direct edit of the transform
     review.set_pose_matrix(pose_node, edited)

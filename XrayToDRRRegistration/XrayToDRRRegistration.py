@@ -175,9 +175,11 @@ class XrayToDRRPoseReview:
     detector of `size` pixels along its longer side (same field of view), writes it into one preview volume node
     lying on the X-ray's grid (image space: what the reviewer compares), and returns the NCC with the X-ray
     reduced to the same size. `base` (the registration result, kept on the node as XrayToDRR.registeredPose) is
-    what the values are relative to and what `reset` returns to."""
+    what the values are relative to and what `reset` returns to. `field` (the X-ray's size, non-zero = exposed):
+    NCC is measured there only, as registration did (its field.png)."""
 
-    def __init__(self, scene, renderer, poseNode, xrayNode, center, size: int = 128, name: Optional[str] = None):
+    def __init__(self, scene, renderer, poseNode, xrayNode, center, size: int = 128, name: Optional[str] = None,
+                 field: Optional[np.ndarray] = None):
         from XrayToDRRLib import mrml
         from XrayToDRRLib.pose import Pose
         from XrayToDRRRegistrationLib import mrml as review
@@ -191,6 +193,9 @@ class XrayToDRRPoseReview:
         self.small = review.preview_pose(self.base, size)
         xray = slicer.util.arrayFromVolume(xrayNode)[0]
         self.target = review.resize_area(xray, self.small.height, self.small.width)
+        self.mask = None  # the exposed field (registration's field.png) at the preview size: where NCC is measured
+        if field is not None and np.asarray(field).shape == xray.shape:
+            self.mask = review.resize_area(np.asarray(field, dtype=np.float32) > 0, *self.target.shape) > 0.5
         self.node = review.image_node(scene, name or f"{poseNode.GetName()} review DRR",
                                       np.zeros((self.small.height, self.small.width), np.float32), xrayNode)
         self.values = np.zeros(6)
@@ -224,7 +229,7 @@ class XrayToDRRPoseReview:
         small = dataclasses.replace(self.small, world_from_camera=pose.world_from_camera)
         image = self.renderer.render(small, "preview")
         review.image_node(self.scene, self.node.GetName(), image, self.xrayNode, node=self.node)
-        self.ncc = review.ncc(image, self.target)
+        self.ncc = review.ncc(image, self.target, self.mask)
         self.seconds = time.perf_counter() - start
         return self.ncc
 
@@ -1237,12 +1242,17 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
 
     # --- review ----------------------------------------------------------------------------------------------------
     def startReview(self, poseNode, volumeNode, xrayNode=None, size: Optional[int] = None) -> XrayToDRRPoseReview:
-        """A live review of a registration pose: see XrayToDRRPoseReview (prepares the CT's renderer once)."""
+        """A live review of a registration pose: see XrayToDRRPoseReview (prepares the CT's renderer once; NCC
+        inside the registration's exposed field, field.png, when it wrote one)."""
+        import SimpleITK as sitk
+
         self._require(poseNode, "pose transform")
         xrayNode = xrayNode or poseNode.GetNodeReference("XrayToDRR.xray")
         self._require(xrayNode, "X-ray")
+        field = Path(poseNode.GetAttribute(FOLDER) or ".") / "field.png"
+        field = sitk.GetArrayFromImage(sitk.ReadImage(str(field))) if field.is_file() else None
         return XrayToDRRPoseReview(self.scene, self.renderer(volumeNode), poseNode, xrayNode,
-                                   self.volumeCenter(volumeNode), size or self.PREVIEW_SIZE)
+                                   self.volumeCenter(volumeNode), size or self.PREVIEW_SIZE, field=field)
 
     def resetPose(self, poseNode) -> None:
         """Give the pose node back the registration result it was loaded with."""
@@ -1333,9 +1343,10 @@ class XrayToDRRRegistrationTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("Live review: move, reset, accept")
         review = logic.startReview(pose, ct, xray)
+        atResult = review.update(np.zeros(6))
         moved = review.update([0, 0, 3, 5, 0, 0])
-        back = review.reset()
-        self.assertGreater(back, moved)
+        self.assertNotAlmostEqual(moved, atResult, places=3)
+        self.assertAlmostEqual(review.reset(), atResult, places=6)
         self.assertTrue(np.allclose(slicer.util.arrayFromTransformMatrix(pose), found.world_from_camera))
         path = logic.accept(pose, review)
         self.assertTrue(path.is_file())

@@ -98,12 +98,16 @@ def resize_area(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return (_area_matrix(image.shape[0], height) @ image @ _area_matrix(image.shape[1], width).T).astype(np.float32)
 
 
-def ncc(a: np.ndarray, b: np.ndarray) -> float:
-    """Normalised cross-correlation of two images of one size (0 when either is constant). Elementwise sums, not
-    BLAS: a threaded dot product can stall for tens of ms on a busy machine, longer than the live render."""
-    a = np.asarray(a, dtype=np.float64).ravel()
-    b = np.asarray(b, dtype=np.float64).ravel()
-    a, b = a - a.mean(), b - b.mean()
+def ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Normalised cross-correlation of two images of one size over `mask` (default: every pixel); 0 when either
+    is constant there. Elementwise sums, not BLAS: a threaded dot product can stall for tens of ms on a busy
+    machine, longer than the live render."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        a, b = a[mask], b[mask]
+    a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
     denominator = math.sqrt(float(np.sum(a * a)) * float(np.sum(b * b)))
     return float(np.sum(a * b) / denominator) if denominator > 0 else 0.0
 
