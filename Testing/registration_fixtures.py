@@ -1,0 +1,60 @@
+"""Helpers for the registration tests: small simulated cases with known poses, written as files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from XrayToDRRLib.pose import Pose, perturb, standard_view
+from XrayToDRRLib.volumes import center_ras
+
+SDD = 1020.0
+FOV = 307.2  # mm on the detector
+
+
+def detector_pose(ct: sitk.Image, view: str = "ap", size: int = 96) -> Pose:
+    return standard_view(view, center_ras(ct), SDD, size, size, FOV / size)
+
+
+def known_pose(ct: sitk.Image, view: str = "ap", size: int = 96, seed: int = 0, rot: float = 4.0,
+               trans: float = 8.0) -> Pose:
+    """A pose near a standard view (rotations up to `rot` degrees, translations up to `trans` mm)."""
+    rng = np.random.default_rng(seed)
+    c = center_ras(ct)
+    return perturb(detector_pose(ct, view, size), rng.uniform(-rot, rot, 3), rng.uniform(-trans, trans, 3), c)
+
+
+def offset(pose: Pose, ct: sitk.Image, rot_deg: float = 5.0, trans_mm: float = 10.0, seed: int = 1) -> Pose:
+    """`pose` moved by exactly `rot_deg` degrees about a random axis through the volume centre and `trans_mm` mm
+    in a random direction."""
+    from scipy.spatial.transform import Rotation
+
+    rng = np.random.default_rng(seed)
+    axis = rng.normal(size=3)
+    axis /= np.linalg.norm(axis)
+    direction = rng.normal(size=3)
+    direction /= np.linalg.norm(direction)
+    angles = Rotation.from_rotvec(np.radians(rot_deg) * axis).as_euler("xyz", degrees=True)
+    return perturb(pose, angles, trans_mm * direction, center_ras(ct))
+
+
+def simulated_xray(ct: sitk.Image, pose: Pose, path: Path, seed: int = 0, raw: bool = True) -> Path:
+    """A physically simulated X-ray (simulate.py) written as DICOM, with its true pose as X.pose.json."""
+    from XrayToDRRLib.simulate import write_simulated_xray
+
+    image, _ = write_simulated_xray(ct, pose, path, seed=seed, raw=raw, device="cpu")
+    return image
+
+
+def landmarks_json(path: Path, pixels, ras) -> Path:
+    points = [{"pixel": [float(u), float(v)], "ras": [float(x) for x in p]} for (u, v), p in zip(pixels, ras)]
+    path.write_text(json.dumps({"points": points}))
+    return path
+
+
+def listing(folder: Path) -> list[str]:
+    """Every path under `folder`, relative, sorted (to check that nothing was written)."""
+    return sorted(str(p.relative_to(folder)) for p in Path(folder).rglob("*"))
