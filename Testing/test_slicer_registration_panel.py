@@ -5,6 +5,7 @@ the --init-landmarks JSON from two markups nodes, the comparison images, and the
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -300,10 +301,11 @@ def test_the_logic_builds_the_verbs_command_lines(logic, scene, registered, tmp_
     first, second, train, finetune = (t.job.command[3:] for t in tasks)
     cwd = tasks[0].job.declared_outputs[0].parent
     assert first[:2] == ["register", str(cwd / "xray.dcm")]
-    assert first[first.index("--volume") + 1] == "ct.nrrd" and (cwd / "ct.nrrd").is_file()
+    assert first[first.index("--volume") + 1] == str(cwd / "ct.nrrd") and (cwd / "ct.nrrd").is_file()  # absolute:
+    # parameters.pt records it for `pairs` and `evaluate`, run elsewhere
     assert first[first.index("--init-pose") + 1] == "init_pose.json"
     assert np.allclose(json.loads((cwd / "init_pose.json").read_text())["world_from_camera"], pose.world_from_camera)
-    assert first[first.index("--mask") + 1] == "mask.nrrd" and first[first.index("--labels") + 1] == "1"
+    assert first[first.index("--mask") + 1] == str(cwd / "mask.nrrd") and first[first.index("--labels") + 1] == "1"
     assert first[first.index("--crop") + 1] == "4" and first[first.index("--similarity") + 1] == "ncc"
     assert "--save-images" in first and first[-4:-2] == ["--seed", "3"]
     for default in ("--lr-rot", "--lr-xyz", "--patience", "--max-n-itrs", "--renderer", "--scales", "--collimator"):
@@ -317,13 +319,13 @@ def test_the_logic_builds_the_verbs_command_lines(logic, scene, registered, tmp_
     points = json.loads(written[0].read_text())["points"]
     assert [p["ras"] for p in points] == [[n, 2.0 * n, 0.0] for n in range(4)]
     assert np.allclose([p["pixel"] for p in points], [[10.0 * n, 5.0 * n] for n in range(4)])
-    assert train[:5] == ["train", "-o", str(tmp_path / "run"), "-i", "ct.nrrd"]
+    assert train[:4] == ["train", "-o", str(tmp_path / "run"), "-i"] and Path(train[4]).is_absolute()
     for flag, value in (("--sdd", "1020.0"), ("--height", "64"), ("--delx", "4.0"), ("--n-epochs", "1")):
         assert train[train.index(flag) + 1] == value
     assert train[train.index("--r1") + 1: train.index("--r1") + 3] == ["-5.0", "5.0"]
     assert "--batch-size" not in train  # None: the verb's default
-    assert finetune[:7] == ["finetune", "-i", "ct.nrrd", "-c", str(tmp_path / "model.pth"), "-o",
-                            str(tmp_path / "fine")]
+    assert finetune[0:2] == ["finetune", "-i"] and Path(finetune[2]).name == "ct.nrrd"
+    assert finetune[3:7] == ["-c", str(tmp_path / "model.pth"), "-o", str(tmp_path / "fine")]
     (folder / "metrics.json").write_text(json.dumps({"ncc": 0.9, "evaluation": {"final": {"ssim": 0.8}}}))
     loaded, _, _ = logic.loadRegistration(folder, xray, ct)
     task = logic.evaluate(loaded, pose_node, wait=False)

@@ -550,7 +550,7 @@ class XrayToDRRRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
 
         self._start(self.ui.evaluateButton, lambda: self.logic.evaluate(
             p.resultPose, p.truePose or (p.xrayVolume.GetNodeReference("XrayToDRR.pose") if p.xrayVolume else None),
-            wait=False), done)
+            p.ctVolume, wait=False), done)
 
     def _openFile(self, path) -> None:
         self._log(f"wrote {path}")
@@ -846,11 +846,12 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
         return shlex.split(extraArgs) if isinstance(extraArgs, str) else [str(a) for a in extraArgs]
 
     def _volumeArgument(self, volume, folder: Path, name: str) -> str:
-        """A CT node written into the job folder, or a path (file or folder of CTs) as it is."""
+        """A CT node written into the job folder, or a path (file or folder of CTs): as an absolute path, since
+        the verbs record it (parameters.pt, config.json) for later steps run elsewhere (pairs, evaluate)."""
         if isinstance(volume, (str, Path)):
-            return str(volume)
+            return str(Path(volume).resolve())
         self.base._writeVolume(self._require(volume, "CT"), folder / name)
-        return name
+        return str((folder / name).resolve())
 
     def _registerOptions(self, **options) -> list:
         """`--name value` for each option of `register` that differs from the verb's default (RegistrationOptions),
@@ -1028,7 +1029,7 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
             args += ["--init-landmarks", "landmarks.json"]
         if segmentationNode is not None:
             self.base._writeVolume(segmentationNode, folder / "mask.nrrd", labels=True, reference=volumeNode)
-            args += ["--mask", "mask.nrrd"]
+            args += ["--mask", (folder / "mask.nrrd").resolve()]
             chosen = self.base._labels(labels)
             if chosen:
                 args += ["--labels", ",".join(str(v) for v in chosen)]
@@ -1087,10 +1088,11 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
             results.append((xray or pose.GetNodeReference("XrayToDRR.xray"), pose, drr, table))
         return results
 
-    def evaluate(self, registration, truePose=None, wait: bool = True):
+    def evaluate(self, registration, truePose=None, volumeNode=None, wait: bool = True):
         """Image metrics (and pose errors against `truePose`, a transform node or pose file) of a registration
         (`xraytodrr evaluate`): `registration` is its pose node or output folder. Writes evaluation.png there and
-        adds to metrics.json. Returns the refreshed metrics table node (referenced by the pose node)."""
+        adds to metrics.json. `volumeNode`: the CT for mTRE (default: the one registered). Returns the refreshed
+        metrics table node (referenced by the pose node)."""
         from XrayToDRRLib import mrml
         from XrayToDRRLib.errors import InputError
 
@@ -1107,6 +1109,8 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
         elif truePose is not None:
             mrml.pose_from_transform_node(truePose).save(work / "true_pose.json")
             args += ["--gt-pose", "true_pose.json"]
+        if volumeNode is not None:
+            args += ["--volume", self._volumeArgument(volumeNode, work, "ct.nrrd")]
 
         def finish(outputs):
             table = self.metricsTable(folder, f"{poseNode.GetName() if poseNode else folder.name} metrics")
@@ -1340,6 +1344,12 @@ class XrayToDRRRegistrationTest(ScriptedLoadableModuleTest):
         self.assertLess(reprojection(found), 0.5 * reprojection(mrml.pose_from_transform_node(start)))
         self.assertIsNotNone(drr)
         self.assertGreater(metrics.GetNumberOfRows(), 0)
+
+        self.delayDisplay("Evaluate against the true pose (mTRE)")
+        table = logic.evaluate(pose, truePose)
+        rows = {table.GetCellText(r, 0): table.GetCellText(r, 1) for r in range(table.GetNumberOfRows())}
+        self.assertLess(float(rows["pose_error.final.mtre_mm"]), float(rows["pose_error.init.mtre_mm"]))
+        self.assertIsNotNone(logic.registrationFigure(pose.GetAttribute(FOLDER)))
 
         self.delayDisplay("Live review: move, reset, accept")
         review = logic.startReview(pose, ct, xray)
