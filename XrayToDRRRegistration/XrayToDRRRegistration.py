@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import re
 import shlex
 import sys
 import time
@@ -998,8 +999,10 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
         self.base._requireEngine()
         self._require(volumeNode, "CT")
         folder = self.newFolder("register")
-        out = Path(outputFolder) if outputFolder else folder / "registration"
         isFile = isinstance(xrayNode, (str, Path))
+        # default result folder: named after the X-ray (pairs built from it are named after the folder)
+        stem = Path(str(xrayNode)).name.split(".")[0] if isFile else xrayNode.GetName()
+        out = Path(outputFolder) if outputFolder else folder / (re.sub(r"[^A-Za-z0-9._-]+", "_", stem) or "xray")
         xray = str(xrayNode) if isFile else self._xrayFile(xrayNode, folder, keepDicom=initDicom)
         if isFile and landmarks is not None and not isinstance(landmarks, (str, Path)):
             raise InputError("landmark point lists need the X-ray node they were placed on", str(xrayNode),
