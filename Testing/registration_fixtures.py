@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 from XrayToDRRLib.pose import Pose, perturb, standard_view
@@ -58,3 +59,26 @@ def landmarks_json(path: Path, pixels, ras) -> Path:
 def listing(folder: Path) -> list[str]:
     """Every path under `folder`, relative, sorted (to check that nothing was written)."""
     return sorted(str(p.relative_to(folder)) for p in Path(folder).rglob("*"))
+
+
+def run_ok(*args):
+    """Run the CLI in-process and require success."""
+    from cli_helpers import run_cli
+
+    result = run_cli(*args)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def quick_result(tmp_path_factory, small_ct, small_ct_path):
+    """A cheap registration folder (48 px simulated X-ray, few iterations) and its inputs."""
+    folder = tmp_path_factory.mktemp("quick")
+    true = known_pose(small_ct, "ap", 48, seed=5)
+    xray = simulated_xray(small_ct, true, folder / "x.dcm", seed=5)
+    init = offset(true, small_ct, 3.0, 6.0, seed=2)
+    init.save(folder / "init.json")
+    out = folder / "out"
+    run_ok("register", xray, "--volume", small_ct_path, "-o", out, "--init-pose", folder / "init.json",
+           "--max-n-itrs", "6", "--scales", "2,1", "--renderer", "fast", "--device", "cpu", "--progress", "none")
+    return {"folder": out, "xray": xray, "true": true, "init": init, "ct": small_ct_path}

@@ -1,0 +1,272 @@
+"""`xraytodrr register`: one X-ray or a folder of X-rays against one CT, each into its own result folder.
+
+Everything that can be checked before any work (volume, mask and labels, warp, initialiser, options, and for a
+single X-ray the X-ray itself and its initial pose) is checked first, so bad input writes nothing. In a folder
+run an X-ray that fails is reported in summary.csv (with its error) and the others go on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from XrayToDRRLib.atomic import atomic_dir
+from XrayToDRRLib.errors import InputError, require_file
+from XrayToDRRLib.images import save_image, suffix_of
+from XrayToDRRLib.progress import Progress
+from XrayToDRRLib.render import RENDERERS, DRRRenderer, label_mask, pick_device
+from XrayToDRRLib.volumes import center_ras, read_labels, read_volume
+
+from . import results as R
+from .initialize import Initializer, initial_pose, read_warp, with_camera
+from .preprocess import COLLIMATOR_MODES, PreparedXray, prepare_xray
+from .register import OptimizerSettings, Trajectory, check_settings, optimize, resolve_itrs, resolve_scales
+
+FINAL_RENDERERS = ("fast",) + RENDERERS
+XRAY_SUFFIXES = (".dcm", ".dicom", ".ima", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy", ".nii",
+                 ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+@dataclasses.dataclass
+class RegistrationOptions:
+    """Every option of `xraytodrr register` (stored in parameters.pt as `settings`)."""
+
+    volume: str
+    mask: str | None = None
+    labels: list[int] | None = None
+    warp: str | None = None
+    invert: bool = False
+    sdd: float | None = None
+    pixel_spacing: str | None = None
+    reducefn: str = "max"
+    crop: int = 0
+    subtract_background: bool = False
+    linearize: bool = False
+    collimator: str = "auto"
+    similarity: str = "gmncc"
+    scales: str = "auto"
+    lr_rot: float = 1e-2
+    lr_xyz: float = 1.0
+    patience: int = 8
+    threshold: float = 1e-5
+    max_n_itrs: list[int] | int = 200
+    max_n_plateaus: int = 2
+    renderer: str = "siddon"
+    init_only: bool = False
+    save_images: bool = False
+    pattern: str | None = None
+    device: str = "auto"
+    seed: int = 0
+
+    def optimizer(self) -> OptimizerSettings:
+        return OptimizerSettings(self.similarity, self.scales, self.lr_rot, self.lr_xyz, self.patience,
+                                 self.threshold, self.max_n_itrs, self.max_n_plateaus)
+
+    def check(self) -> None:
+        if self.renderer not in FINAL_RENDERERS:
+            raise InputError(f"unknown renderer '{self.renderer}'", None, f"use one of {', '.join(FINAL_RENDERERS)}")
+        if self.collimator not in COLLIMATOR_MODES:
+            raise InputError(f"unknown --collimator '{self.collimator}'", None,
+                             f"use one of {', '.join(COLLIMATOR_MODES)}")
+        if self.labels and not self.mask:
+            raise InputError("--labels needs --mask (the label map they refer to)", None, "pass --mask SEG")
+        check_settings(self.optimizer())
+        resolve_scales(self.scales, _Square())  # syntax only
+        pick_device(self.device)
+
+
+class _Square:
+    height = width = 256
+
+
+class Session:
+    """One CT (with its mask, warp and renderers) registered to any number of X-rays."""
+
+    def __init__(self, options: RegistrationOptions, init: Initializer):
+        options.check()
+        self.options, self.init = options, init
+        self.device = pick_device(options.device)
+        self.ct = read_volume(options.volume)
+        self.keep = None
+        if options.mask:
+            self.keep = label_mask(read_labels(options.mask, reference=self.ct), options.labels, options.mask)
+        self.warp = read_warp(options.warp, options.invert) if options.warp else None
+        self.center = center_ras(self.ct)
+        self._fast = None
+        self._hq = None
+
+    @property
+    def fast(self):
+        if self._fast is None:
+            from XrayToDRRLib.fast_render import FastRenderer
+
+            self._fast = FastRenderer(self.ct, mask=self.keep, device=self.device)
+        return self._fast
+
+    def render_hq(self, pose) -> np.ndarray:
+        if self.options.renderer == "fast":
+            return self.fast.render(pose, "full")
+        if self._hq is None:
+            self._hq = DRRRenderer(self.ct, mask=self.keep, renderer=self.options.renderer, device=self.device)
+        return self._hq.render(pose)
+
+    # --- one X-ray ------------------------------------------------------------------------------------------
+    def prepare(self, xray_path) -> tuple[PreparedXray, object, dict]:
+        """Read and preprocess the X-ray and find its initial pose (all the checks, no heavy work)."""
+        o = self.options
+        prepared = prepare_xray(xray_path, o.sdd, o.pixel_spacing, o.reducefn, o.crop, o.subtract_background,
+                                o.linearize, o.collimator)
+        resolve_itrs(o.max_n_itrs, len(resolve_scales(o.scales, prepared.detector)))
+        logs: list[str] = []
+        init, info = initial_pose(self.init, prepared, self.ct, self.device, self.warp, logs.append)
+        info["log"] = logs
+        return prepared, init, info
+
+    def register(self, xray_path, out_dir, progress: Progress | None = None, prepared=None) -> dict:
+        """Register one X-ray and write its result folder `out_dir` (atomically). Returns its summary row."""
+        progress = progress or Progress()
+        started = time.perf_counter()
+        o = self.options
+        if prepared is None:
+            prepared = self.prepare(xray_path)
+        prep, init, info = prepared
+        lines = [f"X-ray {xray_path}: {prep.detector.height}x{prep.detector.width} px, "
+                 f"{prep.detector.delx:.4g} x {prep.detector.dely:.4g} mm, SDD {prep.detector.sdd:g} mm",
+                 f"initial pose from {info['initializer']}"] + info.pop("log", [])
+        if prep.mask is not None:
+            lines.append(f"collimation: {100 * (1 - prep.mask.mean()):.1f} % of the X-ray excluded from the "
+                         "similarity")
+
+        def log(message):
+            lines.append(message)
+            progress.log(message)
+
+        for line in lines[:]:
+            progress.log(line)
+        scales = resolve_scales(o.scales, prep.detector)
+        if o.init_only:
+            traj = Trajectory(init=init.world_from_camera.copy(), final=init.world_from_camera.copy(),
+                              stopped="init_only", message="--init-only: no optimisation")
+            log(traj.message)
+        else:
+            progress.update(0.02, "preparing the volume")
+            traj = optimize(self.fast, prep, init, self.center, o.optimizer(), progress.sub(0.05, 0.9), log)
+        final = with_camera(prep.detector, traj.final)
+        progress.update(0.9, "rendering the final DRRs")
+        init_img = self.fast.render(init, "hq")
+        final_img = self.fast.render(final, "hq")
+        hq = self.render_hq(final)
+        metrics = {
+            "ncc": _ncc(prep.image, hq), "ncc_init": _ncc(prep.image, init_img), "ncc_fast": _ncc(prep.image, final_img),
+            "loss": traj.final_loss, "iterations": traj.iterations, "seconds": time.perf_counter() - started,
+            "optimisation_seconds": traj.seconds, "stopped": traj.stopped, "message": traj.message,
+            "similarity": o.similarity, "scales": scales, "renderer": o.renderer,
+            "stages": R.plain(traj.stage_info), "initializer": {k: v for k, v in info.items() if k != "inlier_mask"},
+        }
+        if traj.stopped == "nan":
+            log("WARNING: " + traj.message)
+        log(f"done: NCC {metrics['ncc_init']:.4f} -> {metrics['ncc']:.4f}, {traj.iterations} iterations, "
+            f"{metrics['seconds']:.1f} s, stopped: {traj.stopped}")
+        settings = dataclasses.asdict(o)
+        settings.update({"xray": str(xray_path), "volume": str(o.volume), "mask": o.mask and str(o.mask),
+                         "labels": list(o.labels) if o.labels else None, "initializer": self.init.kind,
+                         "init_value": self.init.value, "scales_resolved": scales})
+        params = R.parameters_dict(init, final, traj, scales, settings, self.center)
+        out_dir = Path(out_dir)
+        with atomic_dir(out_dir) as tmp:
+            final.save(tmp / R.POSE)
+            R.save_parameters(params, tmp / R.PARAMETERS)
+            spacing = (prep.detector.dely, prep.detector.delx)
+            save_image(prep.image, tmp / R.GT, spacing)
+            save_image(init_img, tmp / R.INIT_IMAGE, spacing)
+            save_image(final_img, tmp / R.FINAL_IMAGE, spacing)
+            save_image(hq, tmp / R.HQ_DRR, spacing)
+            if prep.mask is not None:
+                save_image(prep.mask.astype(np.float32), tmp / R.FIELD, spacing)
+            R.write_trajectory_csv(traj, scales, tmp / R.TRAJECTORY)
+            R.write_json(tmp / R.METRICS, R.plain(metrics))
+            if o.save_images:
+                from . import visualize
+
+                progress.update(0.95, "figure and animation")
+                visualize.evaluation_figure(tmp, tmp / R.FIGURE)
+                visualize.animate(self.fast, params, prep.image, tmp / R.ANIMATION)
+            (tmp / R.LOG).write_text("\n".join(lines) + "\n")
+        progress.update(1.0, "done")
+        return {"xray": str(xray_path), "folder": str(out_dir), "status": "ok", "error": "",
+                **{k: _fmt(metrics[k]) for k in ("ncc", "ncc_init", "loss", "iterations", "seconds", "stopped")}}
+
+
+def _ncc(a, b) -> float:
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    a, b = a - a.mean(), b - b.mean()
+    den = math.sqrt(float(a @ a) * float(b @ b))
+    return float(a @ b / den) if den > 0 else 0.0
+
+
+def _fmt(v):
+    return f"{v:.6g}" if isinstance(v, float) else v
+
+
+# --- inputs and outputs ----------------------------------------------------------------------------------------
+def find_xrays(folder: Path, pattern: str | None) -> list[Path]:
+    """X-ray files in `folder` (not recursive) matching `pattern` (default: every known image type, not the
+    `*.pose.json` truths written beside simulated X-rays)."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    if pattern:
+        return [p for p in files if fnmatch.fnmatch(p.name, pattern)]
+    return [p for p in files if suffix_of(p) in XRAY_SUFFIXES]
+
+
+def result_names(files: list[Path]) -> list[str]:
+    """A folder name per X-ray: the file name without its image suffix (the full name where two would clash)."""
+    stems = [p.name[: len(p.name) - len(suffix_of(p))] if suffix_of(p) else p.name for p in files]
+    return [p.name if stems.count(s) > 1 else s for p, s in zip(files, stems)]
+
+
+def _check_output(output: Path, many: bool) -> None:
+    if output.exists() and not output.is_dir():
+        raise InputError("output exists and is a file", output, "give a folder path for -o")
+    if not many and output.exists() and any(output.iterdir()) and not R.is_result_folder(output):
+        raise InputError("output folder is not empty and is not a registration result (it would be replaced)",
+                         output, "give a new folder, or an earlier registration's folder to replace")
+
+
+def register(xray: str | Path, options: RegistrationOptions, init: Initializer, output: str | Path,
+             progress: Progress | None = None) -> list[Path]:
+    """Register one X-ray (into `output`) or every X-ray of a folder (into `output`/<name>/, with summary.csv)."""
+    progress = progress or Progress()
+    xray, output = require_file(xray, "X-ray"), Path(output)
+    many = xray.is_dir()
+    files = find_xrays(xray, options.pattern) if many else [xray]
+    if many and not files:
+        raise InputError(f"no X-ray files{' matching ' + repr(options.pattern) if options.pattern else ''}", xray,
+                         "point to a folder of X-rays (.dcm, .png, ...) or pass --pattern")
+    _check_output(output, many)
+    session = Session(options, init)
+    if not many:
+        prepared = session.prepare(xray)  # bad X-ray or initial pose: an error before anything is written
+        session.register(xray, output, progress, prepared)
+        return [output]
+    rows, names = [], result_names(files)
+    output.mkdir(parents=True, exist_ok=True)
+    for n, (path, name) in enumerate(zip(files, names)):
+        sub = progress.sub(n / len(files), (n + 1) / len(files))
+        progress.log(f"[{n + 1}/{len(files)}] {path.name}")
+        try:
+            rows.append(session.register(path, output / name, sub))
+        except (InputError, RuntimeError, ValueError, OSError) as e:
+            rows.append({"xray": str(path), "folder": "", "status": "failed", "error": str(e)})
+            progress.log(f"failed: {path.name}: {e}")
+    summary = R.write_summary(rows, output / R.SUMMARY)
+    ok = sum(r["status"] == "ok" for r in rows)
+    progress.log(f"{ok}/{len(rows)} X-rays registered; summary in {summary}")
+    progress.update(1.0, "done")
+    if ok == 0:
+        raise InputError(f"no X-ray could be registered (see {summary})", xray, "fix the errors listed there")
+    return [output / name for name, r in zip(names, rows) if r["status"] == "ok"] + [summary]
