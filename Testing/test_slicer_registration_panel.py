@@ -379,3 +379,29 @@ def test_result_folders_load_the_verbs_drr_and_a_folder_run_loads_every_register
     assert [r[1].GetAttribute("XrayToDRR.registrationFolder") for r in results] == [str(run / "a"), str(run / "b")]
     for shown, pose_node, drr, table in results:  # the X-ray files are gone: their gt.png on the detector
         assert shown.GetAttribute("XrayToDRR.kind") == "xray" and np.allclose(ijk_to_ras(shown), ijk_to_ras(drr))
+
+
+def test_landmark_points_placed_on_the_xray_and_ct_initialise_the_engine_at_the_true_pose(logic, scene, ct_image):
+    """The landmarks JSON the panel writes, read by `register --init-landmarks --init-only` (PnP, no optimisation):
+    exact correspondences give back the pose the X-ray was taken at."""
+    ct = mrml.sitk_to_volume_node(ct_image, scene, "CT")
+    pose = look_at([60.0, 480.0, -40.0], center_ras(ct_image), [0.1, 0.0, 1.0], 900.0, 48, 64, 2.0)
+    image = FastRenderer(ct_image, device="cpu").render(pose, "full")
+    xray = mrml.xray_to_volume_node(Xray(image, 900.0, 2.0, 2.0), scene, "X-ray", pose)  # on its detector
+    rng = np.random.default_rng(4)
+    ras = center_ras(ct_image) + rng.uniform(-30, 30, (8, 3))
+    pixels = pose.project(ras)
+    on_xray = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "X-ray points")
+    on_ct = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "CT points")
+    for p, r in zip(pose.pixel_to_world(pixels[:, 0], pixels[:, 1]), ras):
+        on_xray.AddControlPoint(vtk.vtkVector3d(*p))
+        on_ct.AddControlPoint(vtk.vtkVector3d(*r))
+
+    pose_node, drr, table = logic.register(xray, ct, landmarks=(on_xray, on_ct), renderer="fast",
+                                           extraArgs="--init-only")
+
+    found = mrml.pose_from_transform_node(pose_node)
+    assert np.allclose(found.world_from_camera, pose.world_from_camera, atol=1e-3)
+    assert np.allclose(found.project(ras), pixels, atol=1e-3)
+    assert review.ncc(slicer.util.arrayFromVolume(drr)[0], image) > 0.99
+    assert pose_node.GetAttribute("XrayToDRR.registrationFolder").endswith("X-ray")
