@@ -69,6 +69,11 @@ FOLDER = "XrayToDRR.registrationFolder"       # transform node attribute: its re
 NEEDS_RESULT = "Register first (or select a pose transform under Result)."
 
 
+def _abs(path) -> Path:
+    """A path as the user meant it from this process (jobs run in their own folder)."""
+    return Path(path).expanduser().resolve()
+
+
 def _path(value) -> Optional[Path]:
     """A parameter-node path, None when unset (the wrapper's empty Path is '.')."""
     if value is None or str(value).strip() in ("", "."):
@@ -850,7 +855,7 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
         """A CT node written into the job folder, or a path (file or folder of CTs): as an absolute path, since
         the verbs record it (parameters.pt, config.json) for later steps run elsewhere (pairs, evaluate)."""
         if isinstance(volume, (str, Path)):
-            return str(Path(volume).resolve())
+            return str(_abs(volume))
         self.base._writeVolume(self._require(volume, "CT"), folder / name)
         return str((folder / name).resolve())
 
@@ -938,12 +943,12 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
         self.base._requireEngine()
         folder = self.newFolder("pose-model")
         if resume is not None:
-            resume = Path(resume)
+            resume = _abs(resume)
             resume = resume / "last.pth" if resume.is_dir() else resume
-            out = Path(outputFolder) if outputFolder else resume.parent
+            out = _abs(outputFolder) if outputFolder else resume.parent
             args = ["train", "-o", out, "--resume", resume]
         else:
-            out = Path(outputFolder) if outputFolder else folder / "run"
+            out = _abs(outputFolder) if outputFolder else folder / "run"
             args = ["train", "-o", out, "-i", self._volumeArgument(volume, folder, "ct.nrrd")]
             options = {"sdd": sdd, "height": height, "delx": delx, "orientation": orientation, "renderer": renderer,
                        "n-epochs": nEpochs, "n-batches-per-epoch": nBatchesPerEpoch, "batch-size": batchSize,
@@ -964,9 +969,9 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
         """Finetune a pose regressor on one patient's CT (`xraytodrr finetune`). Returns the new run's last.pth."""
         self.base._requireEngine()
         folder = self.newFolder("finetune")
-        out = Path(outputFolder) if outputFolder else folder / "run"
+        out = _abs(outputFolder) if outputFolder else folder / "run"
         args = ["finetune", "-i", self._volumeArgument(volume, folder, "ct.nrrd"), "-c",
-                self._require(checkpoint, "pose-model checkpoint"), "-o", out, "--rescale", rescale,
+                _abs(self._require(checkpoint, "pose-model checkpoint")), "-o", out, "--rescale", rescale,
                 "--device", self.device]
         for key, value in (("lr", lr), ("batch-size", batchSize), ("n-epochs", nEpochs),
                            ("n-batches-per-epoch", nBatchesPerEpoch), ("seed", seed)):
@@ -1002,8 +1007,8 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
         isFile = isinstance(xrayNode, (str, Path))
         # default result folder: named after the X-ray (pairs built from it are named after the folder)
         stem = Path(str(xrayNode)).name.split(".")[0] if isFile else xrayNode.GetName()
-        out = Path(outputFolder) if outputFolder else folder / (re.sub(r"[^A-Za-z0-9._-]+", "_", stem) or "xray")
-        xray = str(xrayNode) if isFile else self._xrayFile(xrayNode, folder, keepDicom=initDicom)
+        out = _abs(outputFolder) if outputFolder else folder / (re.sub(r"[^A-Za-z0-9._-]+", "_", stem) or "xray")
+        xray = str(_abs(xrayNode)) if isFile else self._xrayFile(xrayNode, folder, keepDicom=initDicom)
         if isFile and landmarks is not None and not isinstance(landmarks, (str, Path)):
             raise InputError("landmark point lists need the X-ray node they were placed on", str(xrayNode),
                              "give the X-ray node, or a landmarks JSON file")
@@ -1014,10 +1019,10 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
             raise InputError(f"give exactly one initialisation (got {', '.join(given) or 'none'})", None,
                              "choose a pose model, a pose, a view, the DICOM angles or landmarks")
         if model is not None:
-            args += ["--model", model]
+            args += ["--model", _abs(model)]
         elif initPose is not None:
             if isinstance(initPose, (str, Path)):
-                args += ["--init-pose", initPose]
+                args += ["--init-pose", _abs(initPose)]
             else:
                 mrml.pose_from_transform_node(initPose).save(folder / "init_pose.json")
                 args += ["--init-pose", "init_pose.json"]
@@ -1026,7 +1031,7 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
         elif initDicom:
             args.append("--init-dicom")
         elif isinstance(landmarks, (str, Path)):
-            args += ["--init-landmarks", landmarks]
+            args += ["--init-landmarks", _abs(landmarks)]
         else:
             self.landmarksFile(xrayNode, landmarks[0], landmarks[1], folder / "landmarks.json")
             args += ["--init-landmarks", "landmarks.json"]
@@ -1104,11 +1109,11 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
         if poseNode is not None and not poseNode.GetAttribute(FOLDER):
             raise InputError("the pose has no registration output folder", poseNode.GetName(),
                              "register first, or load a registration folder with loadRegistration")
-        folder = Path(poseNode.GetAttribute(FOLDER)) if poseNode is not None else Path(registration)
+        folder = Path(poseNode.GetAttribute(FOLDER)) if poseNode is not None else _abs(registration)
         work = self.newFolder("evaluate")
         args = ["evaluate", "--data-dir", folder]
         if isinstance(truePose, (str, Path)):
-            args += ["--gt-pose", truePose]
+            args += ["--gt-pose", _abs(truePose)]
         elif truePose is not None:
             mrml.pose_from_transform_node(truePose).save(work / "true_pose.json")
             args += ["--gt-pose", "true_pose.json"]
@@ -1130,7 +1135,7 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
         from XrayToDRRLib.errors import InputError
 
         if isinstance(registration, (str, Path)):
-            return Path(registration)
+            return _abs(registration)
         if registration is None or not registration.GetAttribute(FOLDER):
             raise InputError("the pose has no registration output folder",
                              registration.GetName() if registration else None,
@@ -1142,7 +1147,7 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
         cone): view3d.png and view3d.html in `outputFolder` (default: the registration folder). Returns the PNG."""
         folder = self._registrationFolder(registration)
         work = self.newFolder("view3d")
-        out = Path(outputFolder) if outputFolder else folder
+        out = _abs(outputFolder) if outputFolder else folder
         args = ["view3d", "--volume", self._volumeArgument(volumeNode, work, "ct.nrrd"), "--pose",
                 folder / "pose.json", "-o", out, "--device", self.device]
         return self.base._run("Drawing the 3D scene", args, work, [out / "view3d.png", out / "view3d.html"],
@@ -1153,7 +1158,7 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
         registration.gif in the registration folder. Returns its path."""
         folder = self._registrationFolder(registration)
         work = self.newFolder("animate")
-        out = Path(output) if output else folder / "registration.gif"
+        out = _abs(output) if output else folder / "registration.gif"
         args = ["animate", "--volume", self._volumeArgument(volumeNode, work, "ct.nrrd"), "--parameters",
                 folder / "parameters.pt", "-o", out, "--frames", int(frames), "--device", self.device]
         return self.base._run("Animating", args, work, [out], lambda outputs: out, wait)
@@ -1190,7 +1195,7 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
         from XrayToDRRLib.xray import Xray
         from XrayToDRRRegistrationLib import mrml as review
 
-        folder = Path(folder)
+        folder = _abs(folder)  # kept on the pose node for later jobs (evaluate, view3d), which run elsewhere
         pose = load_pose(folder / "pose.json")
         name = name or f"{folder.name} registration"
         poseNode = mrml.pose_to_transform_node(pose, self.scene, f"{name} pose")

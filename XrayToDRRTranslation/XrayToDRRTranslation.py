@@ -60,6 +60,11 @@ XrayToDRRLogic = _XrayToDRR.XrayToDRRLogic
 FIGURES = ("best", "median", "worst")
 
 
+def _abs(path) -> Path:
+    """A path as the user meant it from this process (jobs run in their own folder)."""
+    return Path(path).expanduser().resolve()
+
+
 def _path(value) -> Optional[Path]:
     """A parameter-node path, None when unset (the wrapper's empty Path is '.')."""
     if value is None or str(value).strip() in ("", "."):
@@ -620,12 +625,12 @@ class XrayToDRRTranslationLogic(ScriptedLoadableModuleLogic):
         folder = self.base._newFolder("pairs")
         folders = self.splitFolders(registrationFolders)
         self._require(folders or None, "registration folders")
-        inputs = self.reviewedInputs(folders, folder / "reviewed") if useReviews else folders
+        inputs = self.reviewedInputs(folders, folder / "reviewed") if useReviews else [_abs(f) for f in folders]
         if not inputs:
             from XrayToDRRLib.errors import InputError
 
             raise InputError("every registration folder was rejected in review", None, "accept some registrations")
-        out = Path(outputFolder) if outputFolder else folder / "pairs"
+        out = _abs(outputFolder) if outputFolder else folder / "pairs"
         args = ["pairs", "-o", out, "--device", self.device]
         if minNcc is not None:
             args += ["--min-ncc", minNcc]
@@ -650,7 +655,7 @@ class XrayToDRRTranslationLogic(ScriptedLoadableModuleLogic):
         folder = self.base._newFolder("pairs")
         self.base._writeVolume(self._require(inputVolumeNode, "input volume"), folder / "input.nrrd")
         self.base._writeVolume(self._require(targetVolumeNode, "target volume"), folder / "target.nrrd")
-        out = Path(outputFolder) if outputFolder else folder / "pairs"
+        out = _abs(outputFolder) if outputFolder else folder / "pairs"
         args = ["pairs", "-o", out, "--volumes", "input.nrrd", "target.nrrd", "--axis", axis]
 
         def finish(outputs):
@@ -666,8 +671,8 @@ class XrayToDRRTranslationLogic(ScriptedLoadableModuleLogic):
         """Paired augmentation (`xraytodrr augment`). Default output: PAIRS-augmented beside the input folder.
         Returns the output folder."""
         self.base._requireEngine()
-        pairsFolder = Path(self._require(pairsFolder, "pairs folder"))
-        out = Path(outputFolder) if outputFolder else pairsFolder.with_name(f"{pairsFolder.name}-augmented")
+        pairsFolder = _abs(self._require(pairsFolder, "pairs folder"))
+        out = _abs(outputFolder) if outputFolder else pairsFolder.with_name(f"{pairsFolder.name}-augmented")
         folder = self.base._newFolder("augment")
         args = ["augment", "-i", pairsFolder, "-o", out, "--copies", int(copies), "--seed", int(seed),
                 "--originals" if originals else "--no-originals", "--rotation", rotation, "--scale", scale,
@@ -687,17 +692,17 @@ class XrayToDRRTranslationLogic(ScriptedLoadableModuleLogic):
         args = ["translate", "train", "--epochs", int(epochs), "--save-every", int(saveEvery), "--log", log,
                 "--workers", int(workers), "--device", self.device]
         if resume is not None:
-            resume = self.checkpointOf(resume)
-            runFolder = Path(runFolder) if runFolder else resume.parent
+            resume = self.checkpointOf(_abs(resume))
+            runFolder = _abs(runFolder) if runFolder else resume.parent
             args += ["--resume", resume]
         else:
             args += ["--batch-size", int(batchSize), "--lr", lr, "--beta1", beta1, "--lambda-l1", lambdaL1,
                      "--image-size", int(imageSize), "--val-fraction", valFraction, "--seed", int(seed),
                      "--ngf", int(ngf), "--ndf", int(ndf), "--gan-mode", ganMode, "--dropout", dropout]
             self._require(pairsFolder, "training pairs folder")
-        runFolder = Path(runFolder) if runFolder else self.newRunFolder()
+        runFolder = _abs(runFolder) if runFolder else self.newRunFolder()
         if pairsFolder is not None:
-            args += ["-i", pairsFolder]
+            args += ["-i", _abs(pairsFolder)]
         args += ["-o", runFolder]
         if timeLimit:
             args += ["--time-limit", timeLimit]
@@ -717,7 +722,7 @@ class XrayToDRRTranslationLogic(ScriptedLoadableModuleLogic):
 
         self.base._requireEngine()
         xray = mrml.xray_from_volume_node(self._require(xrayNode, "X-ray volume"))
-        checkpoint = self.checkpointOf(self._require(checkpoint, "checkpoint"))
+        checkpoint = self.checkpointOf(_abs(self._require(checkpoint, "checkpoint")))
         folder = self.base._newFolder("translate-predict")
         np.save(folder / "xray.npy", np.asarray(xray.pixels, dtype=np.float32))
         out = folder / "translated"
@@ -740,13 +745,13 @@ class XrayToDRRTranslationLogic(ScriptedLoadableModuleLogic):
         from XrayToDRRTranslationLib.mrml import csv_to_table_node
 
         self.base._requireEngine()
-        checkpoint = self.checkpointOf(self._require(checkpoint, "checkpoint"))
+        checkpoint = self.checkpointOf(_abs(self._require(checkpoint, "checkpoint")))
         folder = self.base._newFolder("translate-evaluate")
-        out = Path(outputFolder) if outputFolder else folder / "evaluation"
-        args = ["translate", "evaluate", "--pairs", self._require(pairsFolder, "held-out pairs folder"),
+        out = _abs(outputFolder) if outputFolder else folder / "evaluation"
+        args = ["translate", "evaluate", "--pairs", _abs(self._require(pairsFolder, "held-out pairs folder")),
                 "--checkpoint", checkpoint, "-o", out, "--device", self.device]
         if masks is not None:
-            args += ["--masks", masks]
+            args += ["--masks", _abs(masks)]
         if boneThreshold is not None:
             args += ["--bone-threshold", boneThreshold]
 
