@@ -81,7 +81,7 @@ class FastRenderer:
     converted with `render.hu_to_mu`."""
 
     def __init__(self, volume: sitk.Image, mask: np.ndarray | None = None, device: str | torch.device = "auto",
-                 attenuation: np.ndarray | None = None, n_levels: int = 5, chunk_samples: int = 2 ** 22,
+                 attenuation: np.ndarray | None = None, n_levels: int = 5, chunk_samples: int = 2 ** 18,
                  preview_budget: int = 2 ** 19):
         self.device = pick_device(device)
         if attenuation is None:
@@ -102,7 +102,7 @@ class FastRenderer:
                 break
             level, affine = _pool(level, affine, factors)
             self.levels.append(_Level(level, affine))
-        self.chunk_samples = chunk_samples
+        self.chunk_samples = chunk_samples  # ~2^18 samples keep a chunk's grid in cache (2x faster than 2^22 here)
         self.preview_budget = preview_budget
 
     # --- level and sampling choice ------------------------------------------------------------------------
