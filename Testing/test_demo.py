@@ -1,5 +1,7 @@
 """The demo pipeline on the bundled CT (small settings): every output exists and the X-ray matches its DRR."""
 
+import json
+
 import numpy as np
 import SimpleITK as sitk
 
@@ -22,6 +24,12 @@ def test_demo_writes_an_aligned_xray_drr_pair_and_its_figure(tmp_path):
     inner = (slice(12, 52), slice(12, 52))
     r = np.corrcoef(xray.pixels[inner].ravel(), drr[inner].ravel())[0, 1]
     assert 0.6 < r < 0.995
+    # The registration stage (a plug-in of the Registration Lib) ran and was evaluated against the true pose. At
+    # 64 px on a 4 mm CT it cannot be accurate; its accuracy is tested in test_registration_register.py.
+    metrics = json.loads((out["registration"] / "metrics.json").read_text())
+    errors = metrics["pose_error"]
+    assert 0 < errors["init"]["mtre_mm"] < 40 and np.isfinite(errors["final"]["mtre_mm"])
+    assert out["registration_figure"].exists()
     # The translation stage (a plug-in of the Translation Lib) trained briefly and left a usable checkpoint.
     assert out["translation_figure"].exists() and out["translation_checkpoint"].exists()
     from XrayToDRRTranslationLib.predict import load_generator, translate_image
