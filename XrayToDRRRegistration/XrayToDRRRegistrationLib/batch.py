@@ -108,12 +108,20 @@ class Session:
             self._fast = FastRenderer(self.ct, mask=self.keep, device=self.device)
         return self._fast
 
-    def render_hq(self, pose) -> np.ndarray:
+    def render_hq(self, pose, band_pixels: int = 8192) -> np.ndarray:
+        """The final DRR by --renderer. DiffDRR renders in bands of rows (the same camera with a shifted principal
+        point: identical pixels) so its memory stays bounded whatever the X-ray's size."""
         if self.options.renderer == "fast":
             return self.fast.render(pose, "full")
         if self._hq is None:
             self._hq = DRRRenderer(self.ct, mask=self.keep, renderer=self.options.renderer, device=self.device)
-        return self._hq.render(pose)
+        rows = max(1, band_pixels // pose.width)
+        bands = []
+        for r0 in range(0, pose.height, rows):
+            r1 = min(pose.height, r0 + rows)
+            y0 = pose.y0 + ((r0 + r1 - 1) / 2 - (pose.height - 1) / 2) * pose.dely
+            bands.append(self._hq.render(dataclasses.replace(pose, height=r1 - r0, y0=y0)))
+        return np.concatenate(bands, axis=0)
 
     # --- one X-ray ------------------------------------------------------------------------------------------
     def prepare(self, xray_path) -> tuple[PreparedXray, object, dict]:
@@ -158,8 +166,8 @@ class Session:
             traj = optimize(self.fast, prep, init, self.center, o.optimizer(), progress.sub(0.05, 0.9), log)
         final = with_camera(prep.detector, traj.final)
         progress.update(0.9, "rendering the final DRRs")
-        init_img = self.fast.render(init, "hq")
-        final_img = self.fast.render(final, "hq")
+        init_img = self.fast.render(init, "preview")
+        final_img = self.fast.render(final, "preview")
         hq = self.render_hq(final)
         metrics = {
             "ncc": _ncc(prep.image, hq), "ncc_init": _ncc(prep.image, init_img), "ncc_fast": _ncc(prep.image, final_img),
@@ -173,7 +181,8 @@ class Session:
         log(f"done: NCC {metrics['ncc_init']:.4f} -> {metrics['ncc']:.4f}, {traj.iterations} iterations, "
             f"{metrics['seconds']:.1f} s, stopped: {traj.stopped}")
         settings = dataclasses.asdict(o)
-        settings.update({"xray": str(xray_path), "volume": str(o.volume), "mask": o.mask and str(o.mask),
+        settings.update({"xray": _absolute(xray_path), "volume": _absolute(o.volume), "mask": _absolute(o.mask),
+                         "warp": _absolute(o.warp),
                          "labels": list(o.labels) if o.labels else None, "initializer": self.init.kind,
                          "init_value": self.init.value, "scales_resolved": scales})
         params = R.parameters_dict(init, final, traj, scales, settings, self.center)
@@ -207,6 +216,11 @@ def _ncc(a, b) -> float:
     a, b = a - a.mean(), b - b.mean()
     den = math.sqrt(float(a @ a) * float(b @ b))
     return float(a @ b / den) if den > 0 else 0.0
+
+
+def _absolute(path) -> str | None:
+    """Paths recorded in parameters.pt are absolute, so evaluate/animate find them from anywhere."""
+    return None if path is None else str(Path(path).absolute())
 
 
 def _fmt(v):

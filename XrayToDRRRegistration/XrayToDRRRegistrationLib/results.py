@@ -7,7 +7,7 @@ One folder per X-ray (written whole, atomically):
 | `pose.json` | the final pose (canonical: world_from_camera in the CT's RAS, the X-ray's detector after --crop) |
 | `parameters.pt` | torch dict (loads with `weights_only=True`): `init_pose`, `final_pose` (4x4 float64), `pose` and `init` (canonical pose dicts; `xraytodrr drr --pose parameters.pt` reads `pose`), `trajectory` (N,4,4) float64, `losses` (N,), `stages` (N,), `scales` (one per stage), `stage_info`, `runtime` (s), `stopped`, `message`, `volume_center`, `settings` (every option as plain types, incl. `volume`, `mask`, `labels`, `xray`) |
 | `gt.png` | the X-ray as registration saw it (cropped, rescaled, ...), 16-bit, at the detector of `pose.json` |
-| `init_image.png`, `final_img.png` | DRRs (FastRenderer, hq) at the initial and final poses, same detector |
+| `init_image.png`, `final_img.png` | quick DRRs (FastRenderer, preview mode) at the initial and final poses, same detector |
 | `hq_drr.png` | the final DRR by `--renderer` (siddon/trilinear: DiffDRR; fast: FastRenderer at full resolution) |
 | `field.png` | the exposed-field mask the similarity used (only when part of the X-ray was excluded) |
 | `trajectory.csv` | one row per iteration: stage, scale, loss, learning rates, correction parameters, pose |

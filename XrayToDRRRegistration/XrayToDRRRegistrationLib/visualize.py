@@ -373,6 +373,5 @@ def animate_file(volume, parameters, output, mask=None, labels=None, device="aut
                             s.get("crop", 0), s.get("subtract_background", False), s.get("linearize", False),
                             "none").image
     ct = read_volume(volume)
-    mask = mask if mask is not None else None
     keep = label_mask(read_labels(mask, reference=ct), labels, mask) if mask else None
     return animate(FastRenderer(ct, mask=keep, device=device), params, xray, output, max_frames)
