@@ -131,7 +131,7 @@ class Session:
                                 o.linearize, o.collimator)
         resolve_itrs(o.max_n_itrs, len(resolve_scales(o.scales, prepared.detector)))
         logs: list[str] = []
-        init, info = initial_pose(self.init, prepared, self.ct, self.device, self.warp, logs.append)
+        init, info = initial_pose(self.init, prepared, self.ct, self.device, self.warp, logs.append, o.seed)
         info["log"] = logs
         return prepared, init, info
 

@@ -42,8 +42,8 @@ def register(
     init_dicom: Annotated[bool, typer.Option(
         "--init-dicom", help="initialise: the DICOM's PositionerPrimary/SecondaryAngle and DistanceSourceToPatient")] = False,
     init_landmarks: Annotated[Optional[Path], typer.Option(
-        "--init-landmarks", help='initialise: >= 4 2D/3D points, {"points": [{"pixel": [col, row], "ras": [x, y, z]}]}'
-                                 " -> PnP with RANSAC")] = None,
+        "--init-landmarks", help='initialise: >= 4 2D/3D points, {"points": \\[{"pixel": \\[col, row], "ras": '
+                                 '\\[x, y, z]}, ...]} (pixels of the file as stored, RAS mm) -> PnP with RANSAC')] = None,
     mask: Annotated[Optional[Path], typer.Option(help="label map on the CT grid: register only --labels")] = None,
     labels: LabelsOption = None,
     sdd: Annotated[Optional[float], typer.Option(help="source-to-detector distance in mm (overrides the file)")] = None,

@@ -76,7 +76,7 @@ def choose_initializer(model=None, init_pose=None, init_view=None, init_dicom: b
 
 
 def initial_pose(init: Initializer, prepared: PreparedXray, volume: sitk.Image, device="auto",
-                 warp: np.ndarray | None = None, log=print) -> tuple[Pose, dict]:
+                 warp: np.ndarray | None = None, log=print, seed: int = 0) -> tuple[Pose, dict]:
     """The initial pose for one prepared X-ray (its detector), with notes about how it was found."""
     detector = prepared.detector
     info: dict = {"initializer": init.describe()}
@@ -87,7 +87,7 @@ def initial_pose(init: Initializer, prepared: PreparedXray, volume: sitk.Image, 
     elif init.kind == "dicom":
         pose = pose_from_dicom(prepared.xray, volume, detector)
     elif init.kind == "landmarks":
-        pose, found = pose_from_landmarks(init.value, detector, crop=prepared.crop)
+        pose, found = pose_from_landmarks(init.value, detector, crop=prepared.crop, seed=seed)
         info.update(found)
         log(f"landmarks: {found['inliers']}/{found['points']} inliers, RMS reprojection {found['rms_px']:.2f} px")
     else:
