@@ -109,3 +109,22 @@ def test_an_existing_unrelated_folder_is_not_replaced(inputs, tmp_path):
                      "ap", *QUICK)
     assert result.exit_code == 2 and "not a registration result" in result.output
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_a_batch_never_replaces_a_foreign_subfolder(inputs, tmp_path):
+    xrays = tmp_path / "xrays"
+    xrays.mkdir()
+    for name in ("a.dcm", "b.dcm"):
+        (xrays / name).write_bytes(inputs["xray"].read_bytes())
+    (tmp_path / "out" / "a").mkdir(parents=True)
+    (tmp_path / "out" / "a" / "notes.txt").write_text("keep me")
+    run_ok("register", xrays, "--volume", inputs["ct"], "-o", tmp_path / "out", "--init-view", "ap", *QUICK)
+    with open(tmp_path / "out" / R.SUMMARY, newline="") as f:
+        rows = {r["xray"].rsplit("/", 1)[-1]: r for r in csv.DictReader(f)}
+    assert rows["a.dcm"]["status"] == "failed" and "not a registration result" in rows["a.dcm"]["error"]
+    assert rows["b.dcm"]["status"] == "ok"
+    assert (tmp_path / "out" / "a" / "notes.txt").read_text() == "keep me"
+    # a single X-ray never replaces a batch folder either
+    result = run_cli("register", inputs["xray"], "--volume", inputs["ct"], "-o", tmp_path / "out", "--init-view",
+                     "ap", *QUICK)
+    assert result.exit_code == 2 and (tmp_path / "out" / R.SUMMARY).exists()

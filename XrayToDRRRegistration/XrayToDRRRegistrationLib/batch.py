@@ -246,7 +246,7 @@ def result_names(files: list[Path]) -> list[str]:
 def _check_output(output: Path, many: bool) -> None:
     if output.exists() and not output.is_dir():
         raise InputError("output exists and is a file", output, "give a folder path for -o")
-    if not many and output.exists() and any(output.iterdir()) and not R.is_result_folder(output):
+    if not many and output.exists() and any(output.iterdir()) and not (output / R.PARAMETERS).exists():
         raise InputError("output folder is not empty and is not a registration result (it would be replaced)",
                          output, "give a new folder, or an earlier registration's folder to replace")
 
@@ -273,6 +273,7 @@ def register(xray: str | Path, options: RegistrationOptions, init: Initializer, 
         sub = progress.sub(n / len(files), (n + 1) / len(files))
         progress.log(f"[{n + 1}/{len(files)}] {path.name}")
         try:
+            _check_output(output / name, many=False)  # never replace a folder that is not an earlier result
             rows.append(session.register(path, output / name, sub))
         except (InputError, RuntimeError, ValueError, OSError) as e:
             rows.append({"xray": str(path), "folder": "", "status": "failed", "error": str(e)})

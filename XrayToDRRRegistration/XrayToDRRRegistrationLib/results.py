@@ -182,5 +182,5 @@ def write_summary(rows: list[dict], path: Path) -> Path:
 
 
 def is_result_folder(folder) -> bool:
-    folder = Path(folder)
-    return (folder / PARAMETERS).exists() or (folder / SUMMARY).exists()
+    """A single registration's folder (a batch folder holds summary.csv and one such folder per X-ray)."""
+    return (Path(folder) / PARAMETERS).exists()
