@@ -93,3 +93,24 @@ def test_animate_writes_a_gif_with_one_frame_per_sampled_iteration(quick_result,
            "-o", tmp_path / "a.gif", "--frames", "5", "--device", "cpu", "--progress", "none")
     gif = Image.open(tmp_path / "a.gif")
     assert gif.format == "GIF" and gif.n_frames == 6  # 5 sampled iterations + the final pose
+
+
+def test_evaluate_a_batch_folder_evaluates_each_result(quick_result, tmp_path):
+    for name in ("a", "b"):
+        shutil.copytree(quick_result["folder"], tmp_path / name)
+    (tmp_path / R.SUMMARY).write_text("xray,folder,status\n")
+    run_ok("evaluate", "--data-dir", tmp_path, "--progress", "none")
+    for name in ("a", "b"):
+        assert (tmp_path / name / "evaluation.png").exists()
+        assert "pose_error" in json.loads((tmp_path / name / R.METRICS).read_text())
+
+
+def test_view3d_can_show_the_xray_on_the_detector(quick_result, tmp_path):
+    run_ok("view3d", "--volume", quick_result["ct"], "--pose", quick_result["folder"] / R.POSE, "--image",
+           quick_result["xray"], "-o", tmp_path, "--device", "cpu", "--progress", "none")
+    html = (tmp_path / "view3d.html").read_text()
+    texture = json.loads(html.split("const D = ")[1].split(";\n")[0])["texture"]
+    import base64
+    import io
+
+    assert Image.open(io.BytesIO(base64.b64decode(texture))).size == (48, 48)  # the X-ray itself, not a DRR
