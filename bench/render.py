@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import threading
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 import psutil
 import SimpleITK as sitk
 import torch
+from peak_memory import PeakMemory
 
 from XrayToDRRLib import diffdrr_frames as frames
 from XrayToDRRLib.fast_render import FastRenderer
@@ -27,31 +27,6 @@ from XrayToDRRLib.render import DRRRenderer, pick_device
 from XrayToDRRLib.volumes import center_ras
 
 FIELD_OF_VIEW_MM = 400.0  # detector width, as in the reference measurements (200 px x 2 mm)
-
-
-class PeakMemory:
-    """Peak resident memory above the starting point while the block runs (sampled every 5 ms)."""
-
-    def __enter__(self):
-        self.proc, self.start, self.peak, self.running = psutil.Process(), 0, 0, True
-        self.start = self.peak = self.proc.memory_info().rss
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        self.thread = threading.Thread(target=self._watch, daemon=True)
-        self.thread.start()
-        return self
-
-    def _watch(self):
-        while self.running:
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            time.sleep(0.005)
-
-    def __exit__(self, *exc):
-        self.running = False
-        self.thread.join()
-        self.mib = (self.peak - self.start) / 2**20
-        if torch.cuda.is_available():
-            self.mib = max(self.mib, torch.cuda.max_memory_allocated() / 2**20)
 
 
 def timed(fn, repeats: int, sync) -> tuple[float, np.ndarray, float]:
@@ -114,7 +89,7 @@ def main():
           f"{torch.get_num_threads()}, device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}")
     print(f"# CT {ct.GetSize()} @ {np.round(ct.GetSpacing(), 3).tolist()} mm; detector {FIELD_OF_VIEW_MM:.0f} mm wide, "
           f"sdd 1020; warm, median of {args.repeats}")
-    print(f"| size | method | ms per DRR | NCC vs siddon | peak MiB |\n|---|---|---|---|---|")
+    print("| size | method | ms per DRR | NCC vs siddon | peak MiB |\n|---|---|---|---|---|")
     results = {}
     for size in args.sizes:
         pose = perturb(standard_view("ap", centre, 1020, size, size, FIELD_OF_VIEW_MM / size), [6, -4, 5],

@@ -28,7 +28,6 @@ import json
 import platform
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -36,31 +35,7 @@ import numpy as np
 import psutil
 import SimpleITK as sitk
 import torch
-
-
-class PeakMemory:
-    """Peak resident memory above the starting point while the block runs (sampled every 20 ms)."""
-
-    def __enter__(self):
-        self.proc, self.running = psutil.Process(), True
-        self.start = self.peak = self.proc.memory_info().rss
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        self.thread = threading.Thread(target=self._watch, daemon=True)
-        self.thread.start()
-        return self
-
-    def _watch(self):
-        while self.running:
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            time.sleep(0.02)
-
-    def __exit__(self, *exc):
-        self.running = False
-        self.thread.join()
-        self.rss_mib = (self.peak - self.start) / 2**20
-        self.peak_rss_mib = self.peak / 2**20
-        self.cuda_mib = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+from peak_memory import PeakMemory
 
 
 def resampled_ct(voxel: float) -> sitk.Image:
@@ -163,7 +138,7 @@ def main() -> None:
         build_pairs(test_regs, work / "test_pairs", device=device)
         data_seconds = time.monotonic() - t0
 
-        with PeakMemory() as mem:
+        with PeakMemory(interval=0.02) as mem:
             t1 = time.monotonic()
             result = train(work / "train_pairs", work / "run", epochs=100000, batch_size=args.batch_size,
                            image_size=args.image_size, ngf=args.ngf, ndf=args.ndf, val_fraction=0.05,
