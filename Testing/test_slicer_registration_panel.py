@@ -291,7 +291,7 @@ def test_the_logic_builds_the_verbs_command_lines(logic, scene, registered, tmp_
         tasks.append(logic.register(xray, ct, initPose=pose_node, segmentationNode=labels, labels="1", crop=4,
                                     similarity="ncc", saveImages=True, extraArgs="--seed 3", wait=False))
         tasks.append(logic.register(xray, ct, landmarks=(on_xray, on_ct), outputFolder=tmp_path / "out",
-                                    wait=False))
+                                    devices="cpu,cpu", wait=False))
         tasks.append(logic.train(ct, tmp_path / "run", 1020.0, 64, 4.0, nEpochs=1, ranges={"r1": (-5.0, 5.0)},
                                  wait=False))
         tasks.append(logic.finetune(ct, tmp_path / "model.pth", tmp_path / "fine", nEpochs=2, wait=False))
@@ -310,7 +310,7 @@ def test_the_logic_builds_the_verbs_command_lines(logic, scene, registered, tmp_
     assert "--save-images" in first and first[-4:-2] == ["--seed", "3"]
     for default in ("--lr-rot", "--lr-xyz", "--patience", "--max-n-itrs", "--renderer", "--scales", "--collimator"):
         assert default not in first and default not in second  # the verb's defaults are left to the verb
-    assert first[first.index("--device") + 1] == "cpu"
+    assert first[first.index("--device") + 1] == "cpu" and second[second.index("--device") + 1] == "cpu,cpu"
     assert "--model" not in first and "--init-landmarks" not in first
     assert second[second.index("-o") + 1] == str(tmp_path / "out")
     assert second[second.index("--init-landmarks") + 1] == "landmarks.json"

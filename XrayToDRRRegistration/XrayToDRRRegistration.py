@@ -985,14 +985,16 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
                  crop: int = 0, subtractBackground: bool = False, linearize: bool = False,
                  collimator: str = "auto", similarity: str = "gmncc", scales: str = "auto", lrRot: float = 1e-2,
                  lrXyz: float = 1.0, patience: int = 8, maxIterations: int = 200, renderer: str = "siddon",
-                 saveImages: bool = False, extraArgs=None, name: Optional[str] = None, opacity: float = 0.5,
-                 wait: bool = True):
+                 saveImages: bool = False, devices: Optional[str] = None, extraArgs=None, name: Optional[str] = None,
+                 opacity: float = 0.5, wait: bool = True):
         """Register the X-ray node (or an X-ray file, or a folder of them) to the CT node (`xraytodrr register`),
         initialised by exactly one of: `model`
         (pose-model checkpoint), `initPose` (a pose transform node, e.g. the current one, or a pose file),
         `initView` ('ap' | 'pa' | 'lateral'), `initDicom` (the X-ray's C-arm angles), `landmarks` (a pair of
         markups point lists (on the X-ray, on the CT), or a JSON file). `segmentationNode`/`labels` restrict the
-        DRR to those labels. `extraArgs`: further options of the verb (a string or a list).
+        DRR to those labels. `devices`: the job's --device (default: the module's device); a folder runs one
+        worker process per listed device ('cuda:0,cuda:1', 'cpu,cpu'), 'auto' uses every GPU. `extraArgs`: further
+        options of the verb (a string or a list).
 
         Returns (pose transform node, DRR node on the detector plane over the X-ray, metrics table node); the pose
         node references them ('XrayToDRR.drr', 'XrayToDRR.xray', 'XrayToDRR.metrics') and keeps the output folder
@@ -1048,7 +1050,7 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
                          ("--save-images", saveImages)):
             if on:
                 args.append(flag)
-        args += ["--device", self.device] + self._extra(extraArgs)
+        args += ["--device", devices or self.device] + self._extra(extraArgs)
         if isFile and Path(xray).is_dir():
             return self.base._run("Registering X-rays", args, folder, [out],
                                   lambda outputs: self.loadRegistrations(out, volumeNode, opacity), wait)

@@ -2,7 +2,8 @@
 
 Everything that can be checked before any work (volume, mask and labels, warp, initialiser, options, and for a
 single X-ray the X-ray itself and its initial pose) is checked first, so bad input writes nothing. In a folder
-run an X-ray that fails is reported in summary.csv (with its error) and the others go on.
+run an X-ray that fails is reported in summary.csv (with its error) and the others go on. A folder spreads its
+X-rays over several devices (`--device cuda:0,cuda:1`, `cpu,cpu`, or auto with several GPUs): parallel.py.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from XrayToDRRLib.atomic import atomic_dir
 from XrayToDRRLib.errors import InputError, require_file
@@ -77,7 +79,36 @@ class RegistrationOptions:
             raise InputError("--labels needs --mask (the label map they refer to)", None, "pass --mask SEG")
         check_settings(self.optimizer())
         resolve_scales(self.scales, _Square())  # syntax only
-        pick_device(self.device)
+        parse_devices(self.device)
+
+
+def parse_devices(text: str) -> list[torch.device]:
+    """--device: auto (every CUDA GPU, else the CPU), cpu, cuda, cuda:N, or a comma-separated list of them. A folder
+    runs one worker process per device (cpu,cpu: two CPU workers); a single X-ray uses the first."""
+    names = [name.strip() for name in str(text).split(",")]
+    fix = "use --device auto, cpu, cuda, cuda:N or a comma-separated list such as cuda:0,cuda:1"
+    if "auto" in names:
+        if names != ["auto"]:
+            raise InputError(f"--device {text}: auto cannot be listed with other devices", None, fix)
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        return [torch.device("cuda", i) for i in range(count)] or [torch.device("cpu")]
+    devices = []
+    for name in names:
+        try:
+            device = torch.device(name)
+        except (RuntimeError, ValueError):
+            device = None
+        if device is None or device.type not in ("cpu", "cuda", "mps"):
+            raise InputError(f"unknown device '{name}' in --device {text}", None, fix)
+        if device.type == "cuda":
+            pick_device(name)  # no CUDA at all: the usual error
+            count = torch.cuda.device_count()
+            if device.index is not None and device.index >= count:
+                raise InputError(f"--device {name}: this machine has {count} CUDA GPU{'s' * (count != 1)} "
+                                 f"(cuda:0 to cuda:{count - 1})", None,
+                                 f"use --device {','.join(f'cuda:{i}' for i in range(count))} or auto")
+        devices.append(device)
+    return devices
 
 
 class _Square:
@@ -90,7 +121,7 @@ class Session:
     def __init__(self, options: RegistrationOptions, init: Initializer):
         options.check()
         self.options, self.init = options, init
-        self.device = pick_device(options.device)
+        self.device = parse_devices(options.device)[0]
         self.ct = read_volume(options.volume)
         self.keep = None
         if options.mask:
@@ -243,6 +274,19 @@ def result_names(files: list[Path]) -> list[str]:
     return [p.name if stems.count(s) > 1 else s for p, s in zip(files, stems)]
 
 
+def register_one(session: Session, path: Path, out_dir: Path, progress: Progress) -> dict:
+    """One X-ray of a folder: its summary row, "failed" with the error instead of raising it."""
+    try:
+        _check_output(out_dir, many=False)  # never replace a folder that is not an earlier result
+        return session.register(path, out_dir, progress)
+    except (InputError, RuntimeError, ValueError, OSError) as e:
+        return failed_row(path, str(e))
+
+
+def failed_row(path: Path, error: str) -> dict:
+    return {"xray": str(path), "folder": "", "status": "failed", "error": error}
+
+
 def _check_output(output: Path, many: bool) -> None:
     if output.exists() and not output.is_dir():
         raise InputError("output exists and is a file", output, "give a folder path for -o")
@@ -269,15 +313,19 @@ def register(xray: str | Path, options: RegistrationOptions, init: Initializer, 
         return [output]
     rows, names = [], result_names(files)
     output.mkdir(parents=True, exist_ok=True)
-    for n, (path, name) in enumerate(zip(files, names)):
-        sub = progress.sub(n / len(files), (n + 1) / len(files))
-        progress.log(f"[{n + 1}/{len(files)}] {path.name}")
-        try:
-            _check_output(output / name, many=False)  # never replace a folder that is not an earlier result
-            rows.append(session.register(path, output / name, sub))
-        except (InputError, RuntimeError, ValueError, OSError) as e:
-            rows.append({"xray": str(path), "folder": "", "status": "failed", "error": str(e)})
-            progress.log(f"failed: {path.name}: {e}")
+    devices = parse_devices(options.device)[: len(files)]
+    if len(devices) > 1:
+        from .parallel import register_in_workers
+
+        del session  # each worker reads its own
+        rows = register_in_workers(files, [output / name for name in names], options, init, devices, progress)
+    else:
+        for n, (path, name) in enumerate(zip(files, names)):
+            progress.log(f"[{n + 1}/{len(files)}] {path.name}")
+            sub = progress.sub(n / len(files), (n + 1) / len(files))
+            rows.append(register_one(session, path, output / name, sub))
+            if rows[-1]["status"] == "failed":
+                progress.log(f"failed: {path.name}: {rows[-1]['error']}")
     summary = R.write_summary(rows, output / R.SUMMARY)
     ok = sum(r["status"] == "ok" for r in rows)
     progress.log(f"{ok}/{len(rows)} X-rays registered; summary in {summary}")

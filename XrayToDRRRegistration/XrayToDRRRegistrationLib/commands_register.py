@@ -76,7 +76,9 @@ def register(
     save_images: Annotated[bool, typer.Option("--save-images", help="also write registration.png and .gif")] = False,
     pattern: Annotated[Optional[str], typer.Option(help="glob for the X-rays of a folder (default: image types)")] = None,
     seed: Annotated[int, typer.Option(help="random seed (landmark RANSAC)")] = _D.seed,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    device: Annotated[str, typer.Option(
+        help="auto (every CUDA GPU, else cpu) | cpu | cuda | cuda:N, or a comma-separated list (cuda:0,cuda:1; "
+             "cpu,cpu): a folder runs one worker process per device, a single X-ray uses the first")] = _D.device,
     progress: ProgressOption = "bar",
 ):
     """Register an X-ray (or a folder of X-rays) to a CT: find the C-arm pose; write pose.json, parameters.pt, the
