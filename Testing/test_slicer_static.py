@@ -93,11 +93,39 @@ def test_module_file_parses_and_defines_module_widget_logic_and_test(module):
         assert base in classes[cls], f"{cls} should derive from {base}"
 
 
+def ui_names(source: str) -> set[str]:
+    return set(re.findall(r"\bself\.ui\.(\w+)", source))
+
+
+def module_classes() -> dict[str, ast.ClassDef]:
+    """Every top-level class of every module file, by name."""
+    return {c.name: c for m in MODULES for c in ast.parse(m.read_text()).body if isinstance(c, ast.ClassDef)}
+
+
+def ui_names_used(module: Path) -> set[str]:
+    """self.ui names a module's panel uses: in its own file and in the module-file classes its widget derives from
+    (XrayToDRR's TaskRunnerMixin runs against the .ui of every module whose widget uses it)."""
+    classes = module_classes()
+    used = ui_names(module.read_text())
+    for base in classes[f"{module.stem}Widget"].bases:
+        shared = classes.get(ast.unparse(base).split(".")[-1])
+        if shared is not None:
+            used |= ui_names(ast.unparse(shared))
+    return used
+
+
 @pytest.mark.parametrize("module", MODULES, ids=ids(MODULES))
 def test_every_ui_name_the_module_uses_exists_in_its_ui(module):
-    used = set(re.findall(r"\bself\.ui\.(\w+)", module.read_text()))
+    used = ui_names_used(module)
     missing = used - set(ui_widgets(module))
     assert used and not missing, f"{module.name} uses self.ui.{sorted(missing)} absent from its .ui"
+
+
+def test_the_ui_check_covers_the_shared_task_runner_in_every_module():
+    runner = ui_names(ast.unparse(module_classes()["TaskRunnerMixin"]))
+    assert {"cancelButton", "progressBar", "statusLabel", "logTextEdit"} <= runner
+    for module in MODULES:
+        assert runner <= ui_names_used(module), f"{module.stem}Widget does not run its steps with TaskRunnerMixin"
 
 
 @pytest.mark.parametrize("module", MODULES, ids=ids(MODULES))

@@ -278,6 +278,129 @@ class XrayToDRRTask:
                 logging.info(f"{self.title}: {event.get('message', '')}")
 
 
+class TaskRunnerMixin:
+    """The background-step wiring of every module's panel (XrayToDRR, Registration, Translation widgets): a step
+    button starts an XrayToDRRTask and turns into Cancel, a QTimer polls the child into progressBar, statusLabel
+    and logTextEdit, and when it ends its outputs are loaded (done) or its message is shown (failed). The widget's
+    .ui must hold those names and cancelButton (Testing/test_slicer_static.py checks each module's .ui)."""
+
+    # Defaults until a step starts (cleanup() may run before any did)
+    _task = None
+    _taskButton = None
+    _taskButtonText = ""
+    _onTaskDone = None
+    _cudaChecked = False
+
+    def setupTaskRunner(self, stepButtons) -> None:
+        """From setup(), once self.ui and self.logic exist: `stepButtons` are disabled while a step runs."""
+        self._stepButtons = stepButtons
+        self._timer = qt.QTimer()
+        self._timer.setInterval(200)
+        self._timer.connect("timeout()", self._pollTask)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.cancelButton.enabled = False
+        self.ui.progressBar.value = 0
+
+    def cleanupTaskRunner(self) -> None:
+        """From cleanup(): the running child does not outlive the panel."""
+        if self._task is not None:
+            self._task.cancel()
+        self._timer.stop()
+
+    def _ready(self) -> bool:
+        """Dependencies installed (asking first) and, once per session, the CPU fallback accepted if no CUDA."""
+        try:
+            if not self.logic.dependencies.ensure(askConfirmation=True):
+                return False
+        except Exception as e:
+            slicer.util.errorDisplay(f"Installing XrayToDRR's Python packages failed:\n{e}", windowTitle="XrayToDRR")
+            return False
+        if not self._cudaChecked:
+            message = self.logic.dependencies.cudaMessage()
+            if message:
+                if not slicer.util.confirmOkCancelDisplay(message + "\n\nContinue on the CPU?",
+                                                          "XrayToDRR: no CUDA GPU"):
+                    return False
+                self.logic.device = "cpu"
+            self._cudaChecked = True
+        return True
+
+    def _start(self, button, start, onDone=None) -> None:
+        """A background step: the clicked button turns into Cancel while the child process runs. `start` returns
+        the task (or, for a step that finished in this process, its result, handed to `onDone` at once)."""
+        if self._task is not None:
+            if button is self._taskButton:
+                self.onCancel()
+            return
+        if not self._ready():
+            return
+        with slicer.util.tryWithErrorDisplay("The step could not start.", waitCursor=True):
+            task = start()
+            if not isinstance(task, XrayToDRRTask):  # finished in-process (fast renderer)
+                if onDone:
+                    onDone(task)
+                return
+            self._task, self._onTaskDone = task, onDone
+            self._taskButton, self._taskButtonText = button, button.text
+            button.text = "Cancel"
+            for other in self._stepButtons:
+                other.enabled = other is button
+            self.ui.cancelButton.enabled = True
+            self.ui.progressBar.value = 0
+            self.ui.statusLabel.text = f"{task.title}: starting"
+            self._log(f"{task.title}: started ({' '.join(task.job.command[3:])})")
+            self._timer.start()
+
+    def _pollTask(self) -> None:
+        task = self._task
+        if task is None:
+            self._timer.stop()
+            return
+        events = task.poll()
+        for event in events:
+            kind, message = event.get("event"), str(event.get("message", ""))
+            if kind == "progress":
+                self.ui.progressBar.value = int(round(100 * float(event.get("fraction", 0.0))))
+                self.ui.statusLabel.text = f"{task.title}: {message}"
+            elif kind in ("log", "error"):
+                self._log(message if kind == "log" else f"error: {message}")
+        self._taskPolled(task, events)
+        if task.running:
+            return
+        self._timer.stop()
+        self._task = None
+        self._taskButton.text = self._taskButtonText
+        for button in self._stepButtons:
+            button.enabled = True
+        self.ui.cancelButton.enabled = False
+        if task.job.state == "done":
+            self.ui.progressBar.value = 100
+            self.ui.statusLabel.text = f"{task.title}: done"
+            with slicer.util.tryWithErrorDisplay(f"{task.title}: the results could not be loaded.", waitCursor=True):
+                result = task.finish()
+                if self._onTaskDone:
+                    self._onTaskDone(result)
+                self._log(f"{task.title}: done in {task.job.elapsed:.1f} s")
+        else:
+            self.ui.progressBar.value = 0
+            self.ui.statusLabel.text = task.errorText().splitlines()[0]
+            self._log(task.errorText())
+            if task.job.state != "cancelled":
+                slicer.util.errorDisplay(task.errorText(), windowTitle="XrayToDRR", detailedText=task.job.stderr)
+
+    def _taskPolled(self, task, events: list[dict]) -> None:
+        """After each poll of the running task (its new events already shown): a module's own display."""
+
+    def onCancel(self, checked=False) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self.ui.statusLabel.text = f"{self._task.title}: cancelling"
+
+    def _log(self, message: str) -> None:
+        self.ui.logTextEdit.appendPlainText(message)
+        logging.info(f"{type(self).__name__.removesuffix('Widget')}: {message}")  # the module's name
+
+
 #
 # XrayToDRRParameterNode
 #
@@ -309,7 +432,7 @@ class XrayToDRRParameterNode:
 #
 
 
-class XrayToDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class XrayToDRRWidget(TaskRunnerMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     """Wires the panel to XrayToDRRLogic; runs long steps as background jobs polled by a QTimer."""
 
     def __init__(self, parent=None) -> None:
@@ -318,11 +441,6 @@ class XrayToDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._task = None
-        self._taskButton = None
-        self._taskButtonText = ""
-        self._onTaskDone = None
-        self._cudaChecked = False
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -332,16 +450,12 @@ class XrayToDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = XrayToDRRLogic()
 
-        self._timer = qt.QTimer()
-        self._timer.setInterval(200)
-        self._timer.connect("timeout()", self._pollTask)
-
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
-        self._stepButtons = [self.ui.cleanButton, self.ui.cropButton, self.ui.coregisterButton, self.ui.centerButton,
-                             self.ui.prepareAllButton, self.ui.importXrayButton, self.ui.setSddButton,
-                             self.ui.renderDrrButton]
+        self.setupTaskRunner([self.ui.cleanButton, self.ui.cropButton, self.ui.coregisterButton,
+                              self.ui.centerButton, self.ui.prepareAllButton, self.ui.importXrayButton,
+                              self.ui.setSddButton, self.ui.renderDrrButton])
         self.ui.cleanButton.connect("clicked(bool)", self.onCleanSegmentation)
         self.ui.cropButton.connect("clicked(bool)", self.onCrop)
         self.ui.coregisterButton.connect("clicked(bool)", self.onCoregister)
@@ -350,17 +464,12 @@ class XrayToDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.importXrayButton.connect("clicked(bool)", self.onImportXray)
         self.ui.setSddButton.connect("clicked(bool)", self.onSetSdd)
         self.ui.renderDrrButton.connect("clicked(bool)", self.onRenderDrr)
-        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.opacitySliderWidget.connect("valueChanged(double)", self.onOpacityChanged)
-        self.ui.cancelButton.enabled = False
-        self.ui.progressBar.value = 0
 
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        self._timer.stop()
+        self.cleanupTaskRunner()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -392,25 +501,7 @@ class XrayToDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
 
-    # --- running steps ---------------------------------------------------------------------------------------------
-    def _ready(self) -> bool:
-        """Dependencies installed (asking first) and, once per session, the CPU fallback accepted if no CUDA."""
-        try:
-            if not self.logic.dependencies.ensure(askConfirmation=True):
-                return False
-        except Exception as e:
-            slicer.util.errorDisplay(f"Installing XrayToDRR's Python packages failed:\n{e}", windowTitle="XrayToDRR")
-            return False
-        if not self._cudaChecked:
-            message = self.logic.dependencies.cudaMessage()
-            if message:
-                if not slicer.util.confirmOkCancelDisplay(message + "\n\nContinue on the CPU?",
-                                                          "XrayToDRR: no CUDA GPU"):
-                    return False
-                self.logic.device = "cpu"
-            self._cudaChecked = True
-        return True
-
+    # --- quick steps (background ones: TaskRunnerMixin) ------------------------------------------------------------
     def _quick(self, title: str, run) -> None:
         """A step that runs in this process: errors appear in a dialog."""
         if not self._ready():
@@ -418,75 +509,6 @@ class XrayToDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(f"{title} failed.", waitCursor=True):
             run()
             self._log(f"{title}: done")
-
-    def _start(self, button, start, onDone=None) -> None:
-        """A background step: the clicked button turns into Cancel while the child process runs."""
-        if self._task is not None:
-            if button is self._taskButton:
-                self.onCancel()
-            return
-        if not self._ready():
-            return
-        with slicer.util.tryWithErrorDisplay("The step could not start.", waitCursor=True):
-            task = start()
-            if not isinstance(task, XrayToDRRTask):  # finished in-process (fast renderer)
-                if onDone:
-                    onDone(task)
-                return
-            self._task, self._onTaskDone = task, onDone
-            self._taskButton, self._taskButtonText = button, button.text
-            button.text = "Cancel"
-            for other in self._stepButtons:
-                other.enabled = other is button
-            self.ui.cancelButton.enabled = True
-            self.ui.progressBar.value = 0
-            self.ui.statusLabel.text = f"{task.title}: starting"
-            self._log(f"{task.title}: started ({' '.join(task.job.command[3:])})")
-            self._timer.start()
-
-    def _pollTask(self) -> None:
-        task = self._task
-        if task is None:
-            self._timer.stop()
-            return
-        for event in task.poll():
-            kind, message = event.get("event"), str(event.get("message", ""))
-            if kind == "progress":
-                self.ui.progressBar.value = int(round(100 * float(event.get("fraction", 0.0))))
-                self.ui.statusLabel.text = f"{task.title}: {message}"
-            elif kind in ("log", "error"):
-                self._log(message if kind == "log" else f"error: {message}")
-        if task.running:
-            return
-        self._timer.stop()
-        self._task = None
-        self._taskButton.text = self._taskButtonText
-        for button in self._stepButtons:
-            button.enabled = True
-        self.ui.cancelButton.enabled = False
-        if task.job.state == "done":
-            self.ui.progressBar.value = 100
-            self.ui.statusLabel.text = f"{task.title}: done"
-            with slicer.util.tryWithErrorDisplay(f"{task.title}: the results could not be loaded.", waitCursor=True):
-                result = task.finish()
-                if self._onTaskDone:
-                    self._onTaskDone(result)
-                self._log(f"{task.title}: done in {task.job.elapsed:.1f} s")
-        else:
-            self.ui.progressBar.value = 0
-            self.ui.statusLabel.text = task.errorText().splitlines()[0]
-            self._log(task.errorText())
-            if task.job.state != "cancelled":
-                slicer.util.errorDisplay(task.errorText(), windowTitle="XrayToDRR", detailedText=task.job.stderr)
-
-    def onCancel(self, checked=False) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self.ui.statusLabel.text = f"{self._task.title}: cancelling"
-
-    def _log(self, message: str) -> None:
-        self.ui.logTextEdit.appendPlainText(message)
-        logging.info(f"XrayToDRR: {message}")
 
     # --- buttons ---------------------------------------------------------------------------------------------------
     def onCleanSegmentation(self, checked=False) -> None:
@@ -517,6 +539,14 @@ class XrayToDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._start(self.ui.coregisterButton,
                     lambda: self.logic.coregister(p.ctVolume, p.referenceVolume, p.affine, wait=False), done)
 
+    def _preparedCt(self, result) -> None:
+        """Centring and Prepare all end the same way: the new CT (and label map) become the inputs."""
+        p = self._parameterNode
+        p.ctVolume, labels = result
+        if labels is not None:
+            p.segmentation = labels
+        slicer.util.setSliceViewerLayers(background=p.ctVolume, fit=True)
+
     def onCenter(self, checked=False) -> None:
         p = self._parameterNode
         if self._task is not None:
@@ -538,27 +568,14 @@ class XrayToDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.removeCenterPreview(p.ctVolume, preview)
             return
 
-        def done(result):
-            p.ctVolume, labels = result
-            if labels is not None:
-                p.segmentation = labels
-            slicer.util.setSliceViewerLayers(background=p.ctVolume, fit=True)
-
         self._start(self.ui.centerButton, lambda: self.logic.center(
-            p.ctVolume, p.spacing, p.interpolator, p.segmentation, wait=False), done)
+            p.ctVolume, p.spacing, p.interpolator, p.segmentation, wait=False), self._preparedCt)
 
     def onPrepareAll(self, checked=False) -> None:
         p = self._parameterNode
-
-        def done(result):
-            p.ctVolume, labels = result
-            if labels is not None:
-                p.segmentation = labels
-            slicer.util.setSliceViewerLayers(background=p.ctVolume, fit=True)
-
         self._start(self.ui.prepareAllButton, lambda: self.logic.prepareAll(
             p.ctVolume, p.segmentation, p.referenceVolume, p.labels, p.padding, p.mirror, p.spacing, p.affine,
-            p.interpolator, wait=False), done)
+            p.interpolator, wait=False), self._preparedCt)
 
     def onImportXray(self, checked=False) -> None:
         p = self._parameterNode

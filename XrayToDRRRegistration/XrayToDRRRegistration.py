@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import logging
 import re
 import shlex
 import sys
@@ -61,6 +60,7 @@ def _xrayToDRRModule():
 _XrayToDRR = _xrayToDRRModule()
 XrayToDRRTask = _XrayToDRR.XrayToDRRTask
 XrayToDRRLogic = _XrayToDRR.XrayToDRRLogic
+TaskRunnerMixin = _XrayToDRR.TaskRunnerMixin
 
 REVIEW_VALUES = ("reviewRx", "reviewRy", "reviewRz", "reviewTx", "reviewTy", "reviewTz")
 RANGE_NAMES = ("r1", "r2", "r3", "tx", "ty", "tz")
@@ -263,7 +263,7 @@ class XrayToDRRPoseReview:
 #
 
 
-class XrayToDRRRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class XrayToDRRRegistrationWidget(TaskRunnerMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     """Wires the panel to XrayToDRRRegistrationLogic: background jobs polled by a QTimer; the live review
     re-renders from a single-shot QTimer so slider moves are coalesced and the GUI stays responsive."""
 
@@ -273,11 +273,6 @@ class XrayToDRRRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._task = None
-        self._taskButton = None
-        self._taskButtonText = ""
-        self._onTaskDone = None
-        self._cudaChecked = False
         self._review = None
         self._observedPose = None
         self._syncing = False  # values being set from the node: do not move the node again
@@ -294,9 +289,6 @@ class XrayToDRRRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = XrayToDRRRegistrationLogic()
 
-        self._timer = qt.QTimer()
-        self._timer.setInterval(200)
-        self._timer.connect("timeout()", self._pollTask)
         self._reviewTimer = qt.QTimer()
         self._reviewTimer.setSingleShot(True)
         self._reviewTimer.setInterval(15)
@@ -305,9 +297,9 @@ class XrayToDRRRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
-        self._stepButtons = [self.ui.trainButton, self.ui.resumeTrainingButton, self.ui.finetuneButton,
-                             self.ui.registerButton, self.ui.refineButton, self.ui.evaluateButton,
-                             self.ui.view3dButton, self.ui.animateButton]
+        self.setupTaskRunner([self.ui.trainButton, self.ui.resumeTrainingButton, self.ui.finetuneButton,
+                              self.ui.registerButton, self.ui.refineButton, self.ui.evaluateButton,
+                              self.ui.view3dButton, self.ui.animateButton])
         self.ui.modelFromXrayButton.connect("clicked(bool)", self.onModelFromXray)
         self.ui.trainButton.connect("clicked(bool)", self.onTrain)
         self.ui.resumeTrainingButton.connect("clicked(bool)", self.onResumeTraining)
@@ -329,16 +321,11 @@ class XrayToDRRRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         for name in ("reviewRxSliderWidget", "reviewRySliderWidget", "reviewRzSliderWidget", "reviewTxSliderWidget",
                      "reviewTySliderWidget", "reviewTzSliderWidget"):
             getattr(self.ui, name).connect("valueChanged(double)", self.onReviewValueChanged)
-        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
-        self.ui.cancelButton.enabled = False
-        self.ui.progressBar.value = 0
 
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        self._timer.stop()
+        self.cleanupTaskRunner()
         self._reviewTimer.stop()
         self._closeReview()
         self.removeObservers()
@@ -375,90 +362,6 @@ class XrayToDRRRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-
-    # --- running steps (the XrayToDRR module's pattern) -----------------------------------------------------------
-    def _ready(self) -> bool:
-        """Dependencies installed (asking first) and, once per session, the CPU fallback accepted if no CUDA."""
-        try:
-            if not self.logic.dependencies.ensure(askConfirmation=True):
-                return False
-        except Exception as e:
-            slicer.util.errorDisplay(f"Installing XrayToDRR's Python packages failed:\n{e}", windowTitle="XrayToDRR")
-            return False
-        if not self._cudaChecked:
-            message = self.logic.dependencies.cudaMessage()
-            if message:
-                if not slicer.util.confirmOkCancelDisplay(message + "\n\nContinue on the CPU?",
-                                                          "XrayToDRR: no CUDA GPU"):
-                    return False
-                self.logic.device = "cpu"
-            self._cudaChecked = True
-        return True
-
-    def _start(self, button, start, onDone=None) -> None:
-        """A background step: the clicked button turns into Cancel while the child process runs."""
-        if self._task is not None:
-            if button is self._taskButton:
-                self.onCancel()
-            return
-        if not self._ready():
-            return
-        with slicer.util.tryWithErrorDisplay("The step could not start.", waitCursor=True):
-            task = start()
-            self._task, self._onTaskDone = task, onDone
-            self._taskButton, self._taskButtonText = button, button.text
-            button.text = "Cancel"
-            for other in self._stepButtons:
-                other.enabled = other is button
-            self.ui.cancelButton.enabled = True
-            self.ui.progressBar.value = 0
-            self.ui.statusLabel.text = f"{task.title}: starting"
-            self._log(f"{task.title}: started ({' '.join(task.job.command[3:])})")
-            self._timer.start()
-
-    def _pollTask(self) -> None:
-        task = self._task
-        if task is None:
-            self._timer.stop()
-            return
-        for event in task.poll():
-            kind, message = event.get("event"), str(event.get("message", ""))
-            if kind == "progress":
-                self.ui.progressBar.value = int(round(100 * float(event.get("fraction", 0.0))))
-                self.ui.statusLabel.text = f"{task.title}: {message}"
-            elif kind in ("log", "error"):
-                self._log(message if kind == "log" else f"error: {message}")
-        if task.running:
-            return
-        self._timer.stop()
-        self._task = None
-        self._taskButton.text = self._taskButtonText
-        for button in self._stepButtons:
-            button.enabled = True
-        self.ui.cancelButton.enabled = False
-        if task.job.state == "done":
-            self.ui.progressBar.value = 100
-            self.ui.statusLabel.text = f"{task.title}: done"
-            with slicer.util.tryWithErrorDisplay(f"{task.title}: the results could not be loaded.", waitCursor=True):
-                result = task.finish()
-                if self._onTaskDone:
-                    self._onTaskDone(result)
-                self._log(f"{task.title}: done in {task.job.elapsed:.1f} s")
-        else:
-            self.ui.progressBar.value = 0
-            self.ui.statusLabel.text = task.errorText().splitlines()[0]
-            self._log(task.errorText())
-            if task.job.state != "cancelled":
-                slicer.util.errorDisplay(task.errorText(), windowTitle="XrayToDRR", detailedText=task.job.stderr)
-
-    def onCancel(self, checked=False) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self.ui.statusLabel.text = f"{self._task.title}: cancelling"
-
-    def _log(self, message: str) -> None:
-        self.ui.logTextEdit.appendPlainText(message)
-        logging.info(f"XrayToDRRRegistration: {message}")
 
     # --- pose model ------------------------------------------------------------------------------------------------
     def onModelFromXray(self, checked=False) -> None:

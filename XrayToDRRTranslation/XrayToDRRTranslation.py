@@ -56,6 +56,7 @@ def _xrayToDRRModule():
 _XrayToDRR = _xrayToDRRModule()
 XrayToDRRTask = _XrayToDRR.XrayToDRRTask
 XrayToDRRLogic = _XrayToDRR.XrayToDRRLogic
+TaskRunnerMixin = _XrayToDRR.TaskRunnerMixin
 
 FIGURES = ("best", "median", "worst")
 
@@ -156,7 +157,7 @@ class XrayToDRRTranslationParameterNode:
 #
 
 
-class XrayToDRRTranslationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class XrayToDRRTranslationWidget(TaskRunnerMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     """Wires the panel to XrayToDRRTranslationLogic; runs the verbs as background jobs polled by a QTimer."""
 
     def __init__(self, parent=None) -> None:
@@ -165,13 +166,8 @@ class XrayToDRRTranslationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._task = None
-        self._taskButton = None
-        self._taskButtonText = ""
-        self._onTaskDone = None
         self._trainingRun = None  # run folder of the training job being followed (sample images)
         self._shownSample = None
-        self._cudaChecked = False
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -181,15 +177,11 @@ class XrayToDRRTranslationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = XrayToDRRTranslationLogic()
 
-        self._timer = qt.QTimer()
-        self._timer.setInterval(200)
-        self._timer.connect("timeout()", self._pollTask)
-
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
-        self._stepButtons = [self.ui.buildPairsButton, self.ui.augmentButton, self.ui.trainButton,
-                             self.ui.resumeButton, self.ui.predictButton, self.ui.evaluateButton]
+        self.setupTaskRunner([self.ui.buildPairsButton, self.ui.augmentButton, self.ui.trainButton,
+                              self.ui.resumeButton, self.ui.predictButton, self.ui.evaluateButton])
         self.ui.addRegistrationFolderButton.connect("clicked(bool)", self.onAddRegistrationFolder)
         self.ui.acceptedRegistrationsButton.connect("clicked(bool)", self.onAcceptedRegistrations)
         self.ui.buildPairsButton.connect("clicked(bool)", self.onBuildPairs)
@@ -201,16 +193,11 @@ class XrayToDRRTranslationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         self.ui.openFigureButton.connect("clicked(bool)", self.onOpenFigure)
         self.ui.figureComboBox.connect("currentIndexChanged(int)", lambda index: self._showFigure())
         self.ui.opacitySliderWidget.connect("valueChanged(double)", self.onOpacityChanged)
-        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
-        self.ui.cancelButton.enabled = False
-        self.ui.progressBar.value = 0
 
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        self._timer.stop()
+        self.cleanupTaskRunner()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -243,94 +230,23 @@ class XrayToDRRTranslationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
 
-    # --- running steps (the XrayToDRR module's pattern) -----------------------------------------------------------
-    def _ready(self) -> bool:
-        """Dependencies installed (asking first) and, once per session, the CPU fallback accepted if no CUDA."""
-        try:
-            if not self.logic.dependencies.ensure(askConfirmation=True):
-                return False
-        except Exception as e:
-            slicer.util.errorDisplay(f"Installing XrayToDRR's Python packages failed:\n{e}", windowTitle="XrayToDRR")
-            return False
-        if not self._cudaChecked:
-            message = self.logic.dependencies.cudaMessage()
-            if message:
-                if not slicer.util.confirmOkCancelDisplay(message + "\n\nContinue on the CPU?",
-                                                          "XrayToDRR: no CUDA GPU"):
-                    return False
-                self.logic.device = "cpu"
-            self._cudaChecked = True
-        return True
-
+    # --- running steps (TaskRunnerMixin), following a training run -------------------------------------------------
     def _start(self, button, start, onDone=None, runFolder=None) -> None:
-        """A background step: the clicked button turns into Cancel while the child process runs."""
-        if self._task is not None:
-            if button is self._taskButton:
-                self.onCancel()
-            return
-        if not self._ready():
-            return
-        with slicer.util.tryWithErrorDisplay("The step could not start.", waitCursor=True):
+        """TaskRunnerMixin's step; `runFolder`: a training run whose epoch lines and sample images are shown."""
+        def startFollowing():
             task = start()
-            self._task, self._onTaskDone = task, onDone
-            self._taskButton, self._taskButtonText = button, button.text
-            self._trainingRun, self._shownSample = runFolder, None
-            button.text = "Cancel"
-            for other in self._stepButtons:
-                other.enabled = other is button
-            self.ui.cancelButton.enabled = True
-            self.ui.progressBar.value = 0
-            self.ui.statusLabel.text = f"{task.title}: starting"
-            self._log(f"{task.title}: started ({' '.join(task.job.command[3:])})")
-            self._timer.start()
+            self._trainingRun, self._shownSample = runFolder, None  # only once the step really started
+            return task
 
-    def _pollTask(self) -> None:
-        task = self._task
-        if task is None:
-            self._timer.stop()
-            return
-        for event in task.poll():
-            kind, message = event.get("event"), str(event.get("message", ""))
-            if kind == "progress":
-                self.ui.progressBar.value = int(round(100 * float(event.get("fraction", 0.0))))
-                self.ui.statusLabel.text = f"{task.title}: {message}"
-            elif kind in ("log", "error"):
-                self._log(message if kind == "log" else f"error: {message}")
-                if kind == "log" and message.startswith("epoch "):
-                    self.ui.trainingStatusLabel.text = message
+        super()._start(button, startFollowing, onDone)
+
+    def _taskPolled(self, task, events: list[dict]) -> None:
+        for event in events:
+            message = str(event.get("message", ""))
+            if event.get("event") == "log" and message.startswith("epoch "):
+                self.ui.trainingStatusLabel.text = message
         if self._trainingRun is not None:
             self._showSample(self._trainingRun)
-        if task.running:
-            return
-        self._timer.stop()
-        self._task = None
-        self._taskButton.text = self._taskButtonText
-        for button in self._stepButtons:
-            button.enabled = True
-        self.ui.cancelButton.enabled = False
-        if task.job.state == "done":
-            self.ui.progressBar.value = 100
-            self.ui.statusLabel.text = f"{task.title}: done"
-            with slicer.util.tryWithErrorDisplay(f"{task.title}: the results could not be loaded.", waitCursor=True):
-                result = task.finish()
-                if self._onTaskDone:
-                    self._onTaskDone(result)
-                self._log(f"{task.title}: done in {task.job.elapsed:.1f} s")
-        else:
-            self.ui.progressBar.value = 0
-            self.ui.statusLabel.text = task.errorText().splitlines()[0]
-            self._log(task.errorText())
-            if task.job.state != "cancelled":
-                slicer.util.errorDisplay(task.errorText(), windowTitle="XrayToDRR", detailedText=task.job.stderr)
-
-    def onCancel(self, checked=False) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self.ui.statusLabel.text = f"{self._task.title}: cancelling"
-
-    def _log(self, message: str) -> None:
-        self.ui.logTextEdit.appendPlainText(message)
-        logging.info(f"XrayToDRRTranslation: {message}")
 
     def _showImage(self, label, path) -> None:
         """A PNG in a QLabel, scaled to the label's width (aspect kept)."""
