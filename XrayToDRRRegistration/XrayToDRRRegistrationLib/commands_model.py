@@ -131,7 +131,7 @@ def _only_rank_0_reports(progress) -> None:
     """Under torchrun only rank 0 speaks: the others' JSON lines (their `done` event included) go nowhere."""
     import os
 
-    from .distributed import from_env
+    from XrayToDRRLib.distributed import from_env
 
     if not from_env().is_main and hasattr(progress, "stream"):
         progress.stream = open(os.devnull, "w")

@@ -26,6 +26,10 @@ geodesic, ncc, lr, seconds; rewritten at each checkpoint, so it always matches l
 every `save_every` steps (the newest `keep_checkpoints` kept) and OUTDIR/last.pth. A cancelled run (SIGTERM) keeps
 the last complete checkpoint and leaves no partial file.
 
+Multi-GPU with torchrun (XrayToDRRLib.distributed): every process renders its own `batch_size` DRRs per step (its
+poses seeded by (seed, step, rank)), so the effective batch is world_size x batch size; DDP averages the gradients
+and the logged losses are the mean over the processes.
+
 Checkpoint (plain data, `torch.load(..., weights_only=True)`): kind, format_version, step (steps done), epoch,
 config (the full TrainConfig), frame (how to turn the network's DiffDRR pose into a canonical Pose: orientation,
 reorient, reverse_x_axis, isocenter = "volume_center", detector), model_state_dict, optimizer_state_dict,
@@ -47,14 +51,16 @@ import numpy as np
 import torch
 
 from XrayToDRRLib import diffdrr_frames as frames
+from XrayToDRRLib import distributed
 from XrayToDRRLib.atomic import write_text
 from XrayToDRRLib.errors import InputError, require_file
 from XrayToDRRLib.fast_render import MODES
 from XrayToDRRLib.pose import Pose
 from XrayToDRRLib.progress import Progress
+from XrayToDRRLib.rng import rng_state, set_rng_state
+from XrayToDRRLib.torchfiles import plain_data
 from XrayToDRRLib.volumes import VOLUME_SUFFIXES, center_ras, read_volume
 
-from . import distributed
 from .model import (FORMAT_VERSION, KIND, NORM_LAYERS, PARAMETERIZATIONS, augmentations, build_model,
                     load_checkpoint, preprocess, save_checkpoint, standardize, xvr_model)
 
@@ -180,7 +186,7 @@ class TrainConfig:
             raise InputError("loss weights must be >= 0 and not both 0", None, "give --weight-geo >= 0")
 
     def to_dict(self) -> dict:
-        return plain(dataclasses.asdict(self))
+        return plain_data(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict, source=None) -> "TrainConfig":
@@ -195,25 +201,6 @@ class TrainConfig:
         return cls(**values)
 
 
-def plain(obj):
-    """Built-in types only (what a weights_only load accepts and JSON can hold; tuples become lists)."""
-    if isinstance(obj, dict):
-        return {str(k): plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [plain(v) for v in obj]
-    if obj is None or isinstance(obj, bool):
-        return obj
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj)
-    if isinstance(obj, (str, Path)):
-        return str(obj)
-    if torch.is_tensor(obj):
-        return obj
-    raise TypeError(f"checkpoint value of type {type(obj).__name__} is not plain data")
-
-
 # --- random state ---------------------------------------------------------------------------------------------
 
 def seed_step(seed: int, step: int, rank: int = 0) -> int:
@@ -223,34 +210,6 @@ def seed_step(seed: int, step: int, rank: int = 0) -> int:
     np.random.seed(s % (2 ** 32))
     random.seed(s)
     return s
-
-
-def rng_state() -> dict:
-    """This process's random states as tensors and plain values."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "python": {"version": int(version), "state": torch.tensor(internal, dtype=torch.int64),
-                   "gauss_next": gauss_next},
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"].cpu().to(torch.uint8))
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].cpu().numpy().astype(np.uint32), int(n["pos"]), int(n["has_gauss"]),
-                         float(n["cached_gaussian"])))
-    p = state["python"]
-    random.setstate((int(p["version"]), tuple(int(v) for v in p["state"].tolist()), p["gauss_next"]))
-    if state.get("cuda") and torch.cuda.is_available():
-        states = state["cuda"][: torch.cuda.device_count()]
-        torch.cuda.set_rng_state_all([s.cpu().to(torch.uint8) for s in states])
 
 
 # --- volumes and rendering ------------------------------------------------------------------------------------
@@ -486,7 +445,7 @@ class Trainer:
             self.scheduler.step()
         values = torch.stack([loss.detach(), (dgeo.detach() * keep).sum() / n_kept,
                               (ncc.detach() * keep).sum() / n_kept]).double()
-        values = distributed.all_reduce_mean(values, self.info)
+        values = distributed.all_reduce(values, self.info, "mean")
         return {"loss": float(values[0]), "geodesic": float(values[1]), "ncc": float(values[2]), "lr": float(lr),
                 "skipped": not finite, "kept": float(keep.mean())}
 
@@ -503,7 +462,7 @@ class Trainer:
             "config": c.to_dict(), "frame": frame_description(c),
             "model_state_dict": self.network.state_dict(),
             "optimizer_state_dict": self.optimizer.state_dict(),
-            "scheduler_state_dict": plain(self.scheduler.state_dict()),
+            "scheduler_state_dict": plain_data(self.scheduler.state_dict()),
             "rng": rng_state(), "history": history, "elapsed": float(elapsed),
             "versions": {"torch": str(torch.__version__), "xvreg": importlib.metadata.version("xvreg"),
                          "timm": str(timm.__version__)},

@@ -5,74 +5,25 @@ A checkpoint is a dict of plain data only (tensors, numbers, strings, lists, dic
 
     kind "xraytodrr-pix2pix", format_version, epoch, step,
     generator, discriminator (state dicts), optimizer_G, optimizer_D (Adam state dicts),
-    rng: {"torch": ByteTensor, "numpy": {...}, "python": {...}, "cuda": [ByteTensor...]} (rank 0's),
+    rng: rank 0's random states (torch, numpy, python, CUDA; see XrayToDRRLib.rng),
     rng_ranks: [rng of every rank] (distributed runs), config: the full training config (normalisation included),
     history: the log.csv rows so far.
 """
 
 from __future__ import annotations
 
-import random
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from XrayToDRRLib.atomic import atomic_path
 from XrayToDRRLib.errors import InputError, require_file
+from XrayToDRRLib.torchfiles import plain_data
 
 KIND = "xraytodrr-pix2pix"
 FORMAT_VERSION = 1
 FIX = "give a gen_epoch_N.pth.tar or latest.pth.tar written by `xraytodrr translate train`"
-
-
-def rng_state() -> dict:
-    """This process's random states (torch, numpy, python, CUDA) as tensors and plain values."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "python": {"version": int(version), "state": torch.tensor(internal, dtype=torch.int64),
-                   "gauss_next": gauss_next},
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"].cpu().to(torch.uint8))
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), int(n["pos"]), int(n["has_gauss"]),
-                         float(n["cached_gaussian"])))
-    p = state["python"]
-    random.setstate((int(p["version"]), tuple(int(v) for v in p["state"].tolist()), p["gauss_next"]))
-    if state.get("cuda") and torch.cuda.is_available():
-        states = state["cuda"][: torch.cuda.device_count()]
-        torch.cuda.set_rng_state_all([s.cpu().to(torch.uint8) for s in states])
-
-
-def plain(obj):
-    """Config/history values as exact built-in types (str subclasses such as torch's version string, numpy scalars
-    and tuples would make a safe load refuse the file)."""
-    if isinstance(obj, dict):
-        return {str(k): plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [plain(v) for v in obj]
-    if obj is None or isinstance(obj, bool):
-        return obj
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj)
-    if isinstance(obj, (str, Path)):
-        return str(obj)
-    if torch.is_tensor(obj):
-        return obj
-    raise TypeError(f"checkpoint value of type {type(obj).__name__} is not plain data")
 
 
 def save_checkpoint(payload: dict, path: str | Path, also: list[str | Path] = ()) -> Path:
@@ -82,7 +33,7 @@ def save_checkpoint(payload: dict, path: str | Path, also: list[str | Path] = ()
     payload = {"kind": KIND, "format_version": FORMAT_VERSION, **payload}
     for key in ("config", "history"):
         if key in payload:
-            payload[key] = plain(payload[key])
+            payload[key] = plain_data(payload[key])
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     for other in also:

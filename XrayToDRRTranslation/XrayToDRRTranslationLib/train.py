@@ -13,6 +13,10 @@ TensorBoard (`--log tensorboard`, if installed) or offline Weights & Biases (`--
 Determinism: the training pairs' order in epoch e is a permutation drawn from (seed, e) (DistributedSampler), and
 the checkpoint holds every random state, so `--resume` continues the very same run: training 2 epochs and training
 1 then resuming for 1 give the same losses (same device, same thread count).
+
+Multi-GPU with torchrun (XrayToDRRLib.distributed): each process trains on its DistributedSampler shard with
+`--batch-size` images per step and DDP averages the gradients. Only rank 0 validates and writes files; the others
+wait for it at the end of each epoch.
 """
 
 from __future__ import annotations
@@ -28,12 +32,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from XrayToDRRLib import distributed
 from XrayToDRRLib.atomic import atomic_path, write_text
 from XrayToDRRLib.errors import InputError
 from XrayToDRRLib.progress import Progress
+from XrayToDRRLib.rng import rng_state, set_rng_state
 
-from . import distributed
-from .checkpoint import load_checkpoint, load_state, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import load_checkpoint, load_state, save_checkpoint
 from .dataset import NORMALIZATION, PairDataset, check_pairs, list_pairs, split_names
 from .metrics import psnr, ssim
 from .networks import (GANLoss, build_discriminator, build_generator, check_image_size, cpu_convolutions,
@@ -216,7 +221,7 @@ def _train(config, checkpoint, resume, pairs, by_name, run_dir, logger_factory, 
             train_seconds = time.monotonic() - t0
             local = torch.stack(losses).double().cpu() if losses else torch.zeros(0, 3, dtype=torch.float64)
             step_losses += local.tolist()
-            totals = distributed.all_reduce_sum(
+            totals = distributed.all_reduce(
                 torch.cat([local.sum(0) if len(local) else torch.zeros(3, dtype=torch.float64),
                            torch.tensor([len(local), images], dtype=torch.float64)]).to(dev), info).cpu()
             mean = (totals[:3] / max(totals[3].item(), 1)).tolist()
@@ -289,7 +294,7 @@ def time_limit_passed(limit, started: float, info, dev) -> bool:
     """Rank 0's clock decides, so every process stops after the same epoch."""
     flag = torch.tensor([1.0 if (limit and time.monotonic() - started > float(limit) and info.is_main) else 0.0],
                         device=dev)
-    return bool(distributed.all_reduce_sum(flag, info).item() > 0)
+    return bool(distributed.all_reduce(flag, info).item() > 0)
 
 
 def _requires_grad(module: torch.nn.Module, flag: bool) -> None:
