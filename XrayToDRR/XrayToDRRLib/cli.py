@@ -39,6 +39,9 @@ ProgressOption = Annotated[ProgressMode, typer.Option(
     "--progress", help="bar: progress bar on stderr; jsonl: JSON lines on stdout for a parent process; none")]
 
 
+DeviceOption = Annotated[str, typer.Option(help="auto (CUDA when present, else CPU) | cpu | cuda | cuda:N")]
+
+
 LabelsOption = Annotated[Optional[list[str]], typer.Option(
     "--labels", help="labels to use, comma-separated or repeated: --labels 1,2 or --labels 1 --labels 2 (default: all)")]
 

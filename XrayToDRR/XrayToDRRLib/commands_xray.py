@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli import ProgressOption, echo_json, verb
+from .cli import DeviceOption, ProgressOption, echo_json, verb
 from .dicom import set_sdd, xray_info
 from .errors import InputError
 from .inspect_checkpoint import format_inspection, inspect
@@ -64,7 +64,7 @@ def simulate_xray_verb(
     seed: Annotated[int, typer.Option(help="random seed: same seed, same image")] = 0,
     raw: Annotated[bool, typer.Option(
         "--raw", help="log detector image without vendor processing or collimation")] = False,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    device: DeviceOption = "auto",
     progress: ProgressOption = "bar",
 ):
     """Simulate a realistic X-ray of a CT at a known pose; writes the image and its true pose (X.pose.json)."""

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from XrayToDRRLib.cli import ProgressOption, verb
+from XrayToDRRLib.cli import DeviceOption, ProgressOption, verb
 from XrayToDRRLib.errors import InputError
 
 Range = Optional[tuple[float, float]]
@@ -75,7 +75,7 @@ def train_verb(
         = None,
     name: Annotated[Optional[str], typer.Option(help="run name (TensorBoard / wandb) [default: the folder's]")] = None,
     seed: Annotated[Optional[int], typer.Option(help="random seed of weights and batches [default: 0]")] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    device: DeviceOption = "auto",
     resume: Annotated[Optional[Path], typer.Option(help="continue the run of this checkpoint exactly")] = None,
     log: Annotated[str, typer.Option(help="csv (always written) | tensorboard | wandb (offline) as well")] = "csv",
     progress: ProgressOption = "bar",
@@ -114,7 +114,7 @@ def finetune_verb(
     n_batches_per_epoch: Annotated[Optional[int], typer.Option(help="steps per epoch [default: 25]")] = None,
     rescale: Annotated[float, typer.Option(help="detector sampling factor: height x R pixels of delx / R mm")] = 1.0,
     seed: Annotated[Optional[int], typer.Option(help="random seed [default: the checkpoint's]")] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    device: DeviceOption = "auto",
     log: Annotated[str, typer.Option(help="csv | tensorboard | wandb (offline)")] = "csv",
     progress: ProgressOption = "bar",
 ):

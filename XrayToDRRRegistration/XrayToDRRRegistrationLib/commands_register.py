@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from XrayToDRRLib.cli import LabelsOption, ProgressOption, parse_labels, verb
+from XrayToDRRLib.cli import DeviceOption, LabelsOption, ProgressOption, parse_labels, verb
 from XrayToDRRLib.errors import InputError
 
 from .batch import FINAL_RENDERERS, RegistrationOptions
@@ -125,7 +125,7 @@ def view3d(
     image: Annotated[Optional[Path], typer.Option(help="texture the detector with this image (default: the DRR)")] = None,
     mask: Annotated[Optional[Path], typer.Option(help="label map: DRR of --labels only")] = None,
     labels: LabelsOption = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    device: DeviceOption = "auto",
     progress: ProgressOption = "bar",
 ):
     """The C-arm scene in 3D: bone surface, X-ray source, detector plane with the DRR, ray cone (PNG + HTML)."""
@@ -145,7 +145,7 @@ def animate(
     frames: Annotated[int, typer.Option(help="at most this many frames")] = 40,
     mask: Annotated[Optional[Path], typer.Option(help="label map: DRR of --labels only")] = None,
     labels: LabelsOption = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    device: DeviceOption = "auto",
     progress: ProgressOption = "bar",
 ):
     """GIF of the registration: the DRR over the X-ray at (subsampled) iterations, with the loss curve."""

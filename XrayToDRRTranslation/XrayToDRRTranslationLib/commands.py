@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from XrayToDRRLib.cli import ProgressOption, app, verb
+from XrayToDRRLib.cli import DeviceOption, ProgressOption, app, verb
 from XrayToDRRLib.errors import InputError
 
 translate = typer.Typer(help="Learn X-ray -> DRR translation (pix2pix): train, predict, evaluate.",
@@ -142,7 +142,7 @@ def predict_verb(
     input: Annotated[Path, typer.Option("-i", "--input", help="X-ray file or folder (DICOM, PNG/TIFF/JPEG, NIfTI)")],
     checkpoint: Annotated[Path, typer.Option(help="training checkpoint (gen_epoch_N.pth.tar / latest.pth.tar)")],
     output: Annotated[Path, typer.Option("-o", "--output", help="output folder (same names and file types)")],
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    device: DeviceOption = "auto",
     progress: ProgressOption = "bar",
 ):
     """Translate X-rays into DRR-like images; keeps each input's size, spacing and DICOM geometry tags."""
@@ -159,7 +159,7 @@ def evaluate_verb(
     masks: Annotated[Optional[Path], typer.Option(help="bone masks NAME.png per pair: adds bone Dice")] = None,
     bone_threshold: Annotated[Optional[float], typer.Option(
         "--bone-threshold", help="bone threshold on the [0, 1] images (default: Otsu of each target)")] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    device: DeviceOption = "auto",
     progress: ProgressOption = "bar",
 ):
     """PSNR, SSIM and MAE of translated X-rays against their DRRs (CSV, JSON, best/median/worst figures)."""
