@@ -2,9 +2,9 @@
 
 Why it is fast: attenuation lives in a multi-resolution pyramid (box-filtered, so coarse levels are anti-aliased);
 each render picks the level whose voxels match the detector pixel footprint at the volume; rays are clipped to
-the bounding box of the non-air voxels; samples are spaced by the level's voxel size along each chunk of rays'
-longest chord; everything is float32 and sampled with one `grid_sample` call per chunk of rays. Trilinear line
-integrals (midpoint rule), in mm x 1/mm.
+the bounding box of the non-air voxels; samples are spaced by the level's voxel size along each pose's longest
+chord; everything is float32 and sampled with one `grid_sample` call per chunk of rays. Trilinear line integrals
+(midpoint rule), in mm x 1/mm.
 """
 
 from __future__ import annotations
@@ -171,37 +171,41 @@ class FastRenderer:
             # no gradient needs to flow through the clip distances (and skipping it halves the backward pass).
             near, far = _clip_to_box(origin[:, None, :], direction, lvl.box)        # (B,R) mm along each ray
             length = (far - near).clamp(min=0.0)
-        spacing = lvl.voxel * step_factor                                           # mm between samples
         b, r = length.shape
         flat_o = origin[:, None, :].expand(b, r, 3).reshape(-1, 3)
         flat_d, flat_near, flat_len = direction.reshape(-1, 3), near.reshape(-1), length.reshape(-1)
-        # Each chunk of neighbouring rays (image rows) takes as many samples as its longest ray needs, so a
-        # ray's cost follows its chord through the body box, not the box's diagonal (about half the samples for
-        # a chest seen AP). Chunks that miss the box stay 0. Chunks never straddle two poses, so a pose renders
-        # the same alone or in a batch. 3D grid_sample on the CPU runs one thread per batch item: the samples
-        # go in `split` batch items.
+        # Each pose takes as many samples as its longest chord through the body box needs (not the box's
+        # diagonal: about half the samples for a chest seen AP). The count is per pose, never per chunk, so a
+        # pose renders the same alone or in a batch. 3D grid_sample on the CPU runs one thread per batch item,
+        # so the samples go in `split` batch items (the counts are multiples of it).
         split = torch.get_num_threads() if lvl.mu.device.type == "cpu" else 1
-        per_chunk = max(1, self.chunk_samples // math.ceil(self._max_chord(lvl) / spacing))
-        chunks = math.ceil(r / per_chunk)
-        longest_per_chunk = F.pad(length, (0, chunks * per_chunk - r)).reshape(b, chunks, per_chunk).amax(-1)
+        counts = [math.ceil(max(2.0, longest / (lvl.voxel * step_factor)) / split) * split
+                  for longest in length.amax(1).tolist()]
+        per_chunk = max(1, self.chunk_samples // max(counts))
         out = []
-        for n, longest in enumerate(longest_per_chunk.reshape(-1).tolist()):
-            first = (n // chunks) * r + (n % chunks) * per_chunk
-            sl = slice(first, min(first + per_chunk, (n // chunks + 1) * r))
-            if longest <= 0:
-                out.append(flat_len[sl] * 0.0)
-                continue
-            n_samples = max(2, math.ceil(longest / spacing / split)) * split
-            frac = (torch.arange(n_samples, device=self.device, dtype=torch.float32) + 0.5) / n_samples
+        for first in range(0, b * r, per_chunk):
+            sl = slice(first, min(first + per_chunk, b * r))
+            poses = range(first // r, (sl.stop - 1) // r + 1)
+            n_samples = max(counts[p] for p in poses)
+            k = torch.arange(n_samples, device=self.device, dtype=torch.float32)[:, None] + 0.5
+            if len(poses) == 1:
+                frac, keep, n_ray = k / n_samples, None, n_samples                   # (S,1), shared by all rays
+            else:  # a chunk of small images from several poses: each ray keeps its own pose's count
+                n_ray = torch.repeat_interleave(torch.tensor([counts[p] for p in poses], device=self.device,
+                                                             dtype=torch.float32),
+                                                torch.tensor([min(sl.stop, (p + 1) * r) - max(first, p * r)
+                                                              for p in poses], device=self.device))
+                frac, keep = (k / n_ray).repeat_interleave(3, dim=1), (k < n_ray).float()  # (S,C*3), (S,C)
             # Sample-major points (S, C*3): neighbouring rays at one depth read neighbouring voxels, and one
             # fused op runs over long contiguous rows (a trailing dimension of 3 does not vectorise).
             start = (flat_o[sl] + flat_near[sl, None] * flat_d[sl]).reshape(1, -1)   # (1,C*3) grid coords
             delta = (flat_len[sl, None] * flat_d[sl]).reshape(1, -1)                 # (1,C*3) entry -> exit
-            points = torch.addcmul(start, frac[:, None], delta)                      # (S,C*3)
-            grid = points.reshape(split, 1, n_samples // split, -1, 3)
+            grid = torch.addcmul(start, frac, delta).reshape(split, 1, n_samples // split, -1, 3)
             samples = F.grid_sample(lvl.mu.expand(split, -1, -1, -1, -1), grid, mode="bilinear",
                                     padding_mode="zeros", align_corners=True)        # (split,1,1,S/split,C)
-            out.append(samples.sum((0, 1, 2, 3)) * flat_len[sl] / n_samples)
+            if keep is not None:
+                samples = samples * keep.reshape(samples.shape)
+            out.append(samples.sum((0, 1, 2, 3)) * flat_len[sl] / n_ray)
         values = torch.cat(out)
         return values.reshape(b, pose.height, pose.width)
 
