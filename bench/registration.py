@@ -17,12 +17,22 @@ Methods:
   X-ray rescaled to [0, 1] and area-resized to the tutorial's 100-pixel detector (same field of view). Poses pass
   through `XrayToDRRLib.diffdrr_frames`. On CPU a DiffDRR iteration takes seconds, so a time cap per case
   (--baseline-seconds) stops it early: the table says how many iterations it got.
+- ours, model-initialised: the same `Session.register` with `--model CKPT` (the pose regressor's prediction as the
+  initial pose) after a short patient-specific training on the same CT (`train.train`, i.e. `xraytodrr train`; the
+  equivalent command is printed). One regressor for both views: its C-arm range spans AP to left lateral (r1 -105..15
+  degrees, the other angles +-12, offsets +-25 mm, source 480-540 mm from the centre: every case with a margin of
+  about 5 degrees / 5 mm), so it must tell the views apart itself. 64-pixel DRRs of the X-ray's field of view,
+  batch 32, geodesic loss only (no second rendering: 1-5 s per step instead of 12-17 s on this CPU), resnet18
+  from scratch. The number of steps comes from timing a few steps against --model-minutes (wall time; the schedule
+  needs its length up front); a run slowed past 1.5x the budget is cut at its last checkpoint. Training time is
+  printed apart from the per-case time.
 
 Metrics (`XrayToDRRRegistrationLib.evaluate.pose_errors`): mTRE over at most 5000 bone voxels (HU > 250), success =
 mTRE < 10 mm, geodesic rotation error, translation error at the volume centre (camera frame). Peak memory: the
 largest resident set size of this process sampled every 20 ms while the method runs (and the CUDA peak on GPU).
 
 Usage: python bench/registration.py [--n 10] [--quick] [--seed 0] [--baseline-seconds 120] [--no-baseline]
+                                   [--model-minutes 15] [--no-model]
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ import torch.nn.functional as F
 
 from XrayToDRRLib import diffdrr_frames as frames
 from XrayToDRRLib.pose import load_pose, perturb, standard_view
+from XrayToDRRLib.progress import Progress
 from XrayToDRRLib.render import DRRRenderer, pick_device
 from XrayToDRRLib.simulate import write_simulated_xray
 from XrayToDRRLib.volumes import center_ras
@@ -55,6 +66,11 @@ from XrayToDRRRegistrationLib.preprocess import prepare_xray
 
 SDD, SIZE, FOV = 1020.0, 256, 384.0  # detector: 256 x 256 pixels of 1.5 mm
 BASELINE_SIZE = 100
+# Pose regressor: sampler ranges covering every case (AP: r1 -10..10; lateral: r1 -100..-80; r2, r3 within +-10;
+# offsets within +-22 mm; source 488-533 mm from the centre) with a small margin.
+MODEL_RANGES = dict(r1=(-105.0, 15.0), r2=(-12.0, 12.0), r3=(-12.0, 12.0), tx=(-25.0, 25.0), ty=(480.0, 540.0),
+                    tz=(-25.0, 25.0))
+MODEL_HEIGHT, MODEL_BATCH, MODEL_LR, MODEL_EPOCH = 64, 32, 1e-3, 25
 
 
 def bundled_ct_path() -> Path:
@@ -81,26 +97,91 @@ def make_cases(ct: sitk.Image, n: int, seed: int, folder: Path) -> list[dict]:
     return cases
 
 
-def run_ours(ct_path: Path, cases: list[dict], folder: Path, device: str) -> tuple[list[dict], float]:
+class Deadline(Progress):
+    """Stops train() (through its progress callback) once the clock passes `at`."""
+
+    def __init__(self, at: float):
+        super().__init__()
+        self.at = at
+
+    def update(self, fraction: float, message: str = "") -> None:
+        if time.perf_counter() > self.at:
+            raise TimeoutError(message)
+
+
+def train_model(ct_path: Path, folder: Path, minutes: float, device: str, seed: int) -> tuple[Path, dict]:
+    """A patient-specific pose regressor trained for about `minutes` of wall time; (last.pth, facts)."""
+    from XrayToDRRRegistrationLib.train import TrainConfig, Trainer, train
+
+    config = TrainConfig(volume=str(ct_path), sdd=SDD, height=MODEL_HEIGHT, delx=FOV / MODEL_HEIGHT, **MODEL_RANGES,
+                         weight_ncc=0.0, lr=MODEL_LR, batch_size=MODEL_BATCH, n_epochs=1,
+                         n_batches_per_epoch=MODEL_EPOCH, seed=seed)
+    # train() has no time limit and its warmup + cosine schedule needs the run's length: time a few steps first.
+    dev = pick_device(device)
+    trainer = Trainer(config.resolved(dev), dev)
+    trainer.step(0)  # warm-up (first allocations)
+    t0 = time.perf_counter()
+    for s in range(1, 5):
+        trainer.step(s)
+    step_s = (time.perf_counter() - t0) / 4
+    del trainer
+    # Other jobs change the step time several-fold within minutes: past 1.5 x the budget the run is cut at its last
+    # checkpoint (every MODEL_EPOCH steps), with its cosine schedule unfinished.
+    epochs = max(1, round(0.95 * minutes * 60 / step_s / MODEL_EPOCH))  # 5 %: start-up and checkpoints
+    config = dataclasses.replace(config, n_epochs=epochs)
+    out = folder / "model"
+    flags = " ".join(f"--{k} {lo:g} {hi:g}" for k, (lo, hi) in MODEL_RANGES.items())
+    print(f"training the pose regressor ({step_s:.2f} s per step of {MODEL_BATCH} -> {epochs} epochs of "
+          f"{MODEL_EPOCH} steps); the same from the CLI:\n  xraytodrr train -i {ct_path.name} -o model --sdd {SDD:g} "
+          f"--height {MODEL_HEIGHT} --delx {FOV / MODEL_HEIGHT:g} {flags} --weight-ncc 0 --lr {MODEL_LR:g} "
+          f"--batch-size {MODEL_BATCH} --n-epochs {epochs} --n-batches-per-epoch {MODEL_EPOCH} --seed {seed} "
+          f"--device {device}", flush=True)
+    cut = False
+    with PeakMemory(interval=0.1) as mem:
+        t0 = time.perf_counter()
+        try:
+            train(config, out, device=device, progress=Deadline(t0 + 1.5 * minutes * 60))
+        except TimeoutError:
+            cut = True
+        seconds = time.perf_counter() - t0
+    ckpt = out / "last.pth"
+    log = np.loadtxt(out / "log.csv", delimiter=",", skiprows=1, ndmin=2)
+    tail = max(1, len(log) // 10)  # the loss of the last 10 % of steps (fresh poses each step: a held-out error)
+    facts = {"seconds": seconds, "step_s": step_s, "steps": len(log), "planned": config.total_steps, "cut": cut,
+             "images": len(log) * MODEL_BATCH, "rss_mb": mem.peak_rss_mib,
+             "geodesic_start": float(log[:tail, 2].mean()), "geodesic_end": float(log[-tail:, 2].mean())}
+    print(f"  trained {facts['steps']} of {config.total_steps} steps{' (cut at 1.5 x the budget)' if cut else ''} "
+          f"({facts['images']} DRRs) in {seconds:.0f} s; geodesic loss "
+          f"{facts['geodesic_start']:.0f} -> {facts['geodesic_end']:.0f} mm (first / last 10 % of steps); peak RSS "
+          f"{mem.peak_rss_mib:.0f} MB", flush=True)
+    return ckpt, facts
+
+
+def run_ours(ct_path: Path, cases: list[dict], folder: Path, device: str, model: Path | None = None,
+             tag: str = "ours") -> tuple[list[dict], float]:
+    """Session.register on every case from its perturbed pose (or, with `model`, from the regressor's)."""
     options = RegistrationOptions(volume=str(ct_path), device=device)
     rows = []
     session = None
     prep_s = 0.0
     for case in cases:
-        init = Initializer("pose", str(case["init_path"]))
+        init = Initializer("model", str(model)) if model else Initializer("pose", str(case["init_path"]))
         if session is None:
             session = Session(options, init)
             t0 = time.perf_counter()
             _ = session.fast  # the volume pyramid, once per CT
             prep_s = time.perf_counter() - t0
         session.init = init
+        out = folder / f"{tag}{case['k']:02d}"
         with PeakMemory(interval=0.02) as mem:
             t0 = time.perf_counter()
-            session.register(case["xray"], folder / f"ours{case['k']:02d}")
+            session.register(case["xray"], out)
             seconds = time.perf_counter() - t0
-        final = load_pose(folder / f"ours{case['k']:02d}" / "pose.json")
-        metrics = json.loads((folder / f"ours{case['k']:02d}" / "metrics.json").read_text())
-        rows.append({"final": final, "seconds": seconds, "rss_mb": mem.peak_rss_mib, "cuda_mb": mem.cuda_mib or 0.0,
+        final = load_pose(out / "pose.json")
+        metrics = json.loads((out / "metrics.json").read_text())
+        start = torch.load(out / "parameters.pt", weights_only=True)["init_pose"].numpy()  # the regressor's pose
+        rows.append({"final": final, "init": dataclasses.replace(final, world_from_camera=start), "seconds": seconds,
+                     "rss_mb": mem.peak_rss_mib, "cuda_mb": mem.cuda_mib or 0.0,
                      "optimisation_s": metrics["optimisation_seconds"], "iterations": metrics["iterations"],
                      "stages": [s["iterations"] for s in metrics["stages"]]})
     return rows, prep_s
@@ -152,9 +233,11 @@ def run_diffdrr(ct: sitk.Image, cases: list[dict], device: str, max_itrs: int, m
 def summarize(name: str, cases, rows, points, center) -> dict:
     errors = [pose_errors(c["true"], r["final"], points, center) for c, r in zip(cases, rows)]
     mtre = np.array([e["mtre_mm"] for e in errors])
+    init = [pose_errors(c["true"], r.get("init", c["init"]), points, center)["mtre_mm"] for c, r in zip(cases, rows)]
     ok = mtre < 10.0
     return {
-        "method": name, "n": len(rows), "success": 100.0 * ok.mean(), "median_mtre": float(np.median(mtre)),
+        "method": name, "n": len(rows), "median_init": float(np.median(init)), "init": init,
+        "success": 100.0 * ok.mean(), "median_mtre": float(np.median(mtre)),
         "p90_mtre": float(np.percentile(mtre, 90)), "median_rot": float(np.median([e["rotation_deg"] for e in errors])),
         "median_trans": float(np.median([e["translation_mm"] for e in errors])),
         "median_s": float(np.median([r["seconds"] for r in rows])), "max_s": float(np.max([r["seconds"] for r in rows])),
@@ -172,8 +255,12 @@ def main() -> None:
     ap.add_argument("--baseline-itrs", type=int, default=500)
     ap.add_argument("--baseline-seconds", type=float, default=120.0, help="time cap per DiffDRR case")
     ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--model-minutes", type=float, default=15.0,
+                    help="wall-time budget of the pose regressor's training (3 with --quick)")
+    ap.add_argument("--no-model", action="store_true", help="skip the model-initialised method")
     args = ap.parse_args()
     n = 4 if args.quick else args.n
+    minutes = min(args.model_minutes, 3.0) if args.quick else args.model_minutes
     cap = min(args.baseline_seconds, 60.0) if args.quick else args.baseline_seconds
     device = str(pick_device(args.device))
     ct_path = bundled_ct_path()
@@ -188,6 +275,8 @@ def main() -> None:
           f"{SIZE}x{SIZE} @ {FOV / SIZE} mm, SDD {SDD:g}; seed {args.seed}")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
+        if not args.no_model:
+            ckpt, trained = train_model(ct_path, folder, minutes, device, args.seed)
         cases = make_cases(ct, n, args.seed, folder)
         init_errors = [pose_errors(c["true"], c["init"], points, center)["mtre_mm"] for c in cases]
         ours, prep_s = run_ours(ct_path, cases, folder, device)
@@ -198,20 +287,35 @@ def main() -> None:
                   f"(optimisation {r['optimisation_s']:.1f} s, iterations per stage {r['stages']})",
                   flush=True)
         results = [summarize("ours (default settings)", cases, ours, points, center)]
+        if not args.no_model:
+            mine, _ = run_ours(ct_path, cases, folder, device, model=ckpt, tag="model")
+            for c, r in zip(cases, mine):
+                e0, e = (pose_errors(c["true"], r[key], points, center) for key in ("init", "final"))
+                print(f"  model case {c['k']} ({c['view']}): predicted pose mTRE {e0['mtre_mm']:.1f} mm (rotation "
+                      f"{e0['rotation_deg']:.1f} deg) -> {e['mtre_mm']:.2f} mm, {r['seconds']:.1f} s", flush=True)
+            results.append(summarize(f"ours, model-initialised ({minutes:g} min patient-specific training)", cases,
+                                     mine, points, center))
         if not args.no_baseline:
             base = run_diffdrr(ct, cases, device, args.baseline_itrs, cap)
             results.append(summarize(f"DiffDRR tutorial (Adam, NCC; <= {args.baseline_itrs} its, <= {cap:g} s)",
                                      cases, base, points, center))
     print(f"\ninitial mTRE: median {np.median(init_errors):.1f} mm, range {min(init_errors):.1f}-{max(init_errors):.1f} mm;"
-          f" our volume preparation (once per CT): {prep_s:.1f} s; load average {os.getloadavg()[0]:.1f} at the end\n")
-    print("| method | cases | success (mTRE < 10 mm) | median mTRE mm | 90th pct mTRE mm | median rotation error deg "
-          "| median translation error mm | median s/case | max s/case | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          f" our volume preparation (once per CT): {prep_s:.1f} s; load average {os.getloadavg()[0]:.1f} at the end")
+    if not args.no_model:
+        m = next(r for r in results if r["method"].startswith("ours, model"))
+        print(f"pose regressor: trained in {trained['seconds']:.0f} s (budget {minutes:g} min; {trained['steps']} of "
+              f"{trained['planned']} steps{', cut' if trained['cut'] else ''}, {trained['images']} DRRs, "
+              f"{trained['step_s']:.2f} s per timed step, peak RSS {trained['rss_mb']:.0f} MB; not in the per-case "
+              f"times); its predictions: mTRE median "
+              f"{m['median_init']:.1f} mm, range {min(m['init']):.1f}-{max(m['init']):.1f} mm")
+    print("\n| method | cases | median initial mTRE mm | success (mTRE < 10 mm) | median mTRE mm | 90th pct mTRE mm "
+          "| median rotation error deg | median translation error mm | median s/case | max s/case | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         cuda = f" (CUDA {r['peak_cuda']:.0f})" if r["peak_cuda"] else ""
-        print(f"| {r['method']} | {r['n']} | {r['success']:.0f} % | {r['median_mtre']:.2f} | {r['p90_mtre']:.2f} | "
-              f"{r['median_rot']:.2f} | {r['median_trans']:.2f} | {r['median_s']:.1f} | {r['max_s']:.1f} | "
-              f"{r['peak_rss']:.0f}{cuda} |")
+        print(f"| {r['method']} | {r['n']} | {r['median_init']:.1f} | {r['success']:.0f} % | {r['median_mtre']:.2f} | "
+              f"{r['p90_mtre']:.2f} | {r['median_rot']:.2f} | {r['median_trans']:.2f} | {r['median_s']:.1f} | "
+              f"{r['max_s']:.1f} | {r['peak_rss']:.0f}{cuda} |")
     if not args.no_baseline:
         its = [b["iterations"] for b in base]
         print(f"\nDiffDRR iterations per case: {its}")
