@@ -16,12 +16,15 @@ from XrayToDRRRegistrationLib import results as R
 from XrayToDRRRegistrationLib import similarity
 
 
+SIZE = 128  # detector pixels (2.4 mm): see test_known_pose_is_recovered
+
+
 @pytest.fixture(scope="module")
 def case(tmp_path_factory, small_ct, small_ct_path):
     """A physically simulated X-ray (raw detector image: polychromatic beam, scatter, noise, blur; not our DRR) at
     a known pose, registered from a start 5 degrees and 10 mm away."""
     folder = tmp_path_factory.mktemp("reg")
-    true = known_pose(small_ct, "ap", 64, seed=1)
+    true = known_pose(small_ct, "ap", SIZE, seed=1)
     xray = simulated_xray(small_ct, true, folder / "x.dcm", seed=1)
     init = offset(true, small_ct, rot_deg=5.0, trans_mm=10.0, seed=3)
     init.save(folder / "init.json")
@@ -33,15 +36,15 @@ def case(tmp_path_factory, small_ct, small_ct_path):
 
 
 def test_known_pose_is_recovered(case, tmp_path, small_ct, small_ct_path):
-    """Three cases: one 64-pixel view pins depth (along the beam) only through magnification, to about +-3 mm
-    on this 3.5 mm CT, so the mTRE target holds for the median; in-plane (mRPE) and rotation hold per case."""
+    """Three cases. One view pins depth (along the beam) only through magnification: with 64 pixels of 4.8 mm the
+    depth of these cases wandered +-3 mm with tiny renderer changes; 128 pixels of 2.4 mm hold it to about 1 mm."""
     metrics = json.loads((case["folder"] / R.METRICS).read_text())
     errors = metrics["pose_error"]
     assert errors["gt_pose"].endswith("x.pose.json")
     assert errors["init"]["mtre_mm"] > 8.0
     finals = [errors["final"]]
     for seed in (2, 3):
-        true = known_pose(small_ct, "ap", 64, seed=seed)
+        true = known_pose(small_ct, "ap", SIZE, seed=seed)
         xray = simulated_xray(small_ct, true, tmp_path / f"x{seed}.dcm", seed=seed)
         offset(true, small_ct, rot_deg=5.0, trans_mm=10.0, seed=seed + 2).save(tmp_path / f"init{seed}.json")
         run_ok("register", xray, "--volume", small_ct_path, "-o", tmp_path / f"out{seed}", "--init-pose",
@@ -49,7 +52,7 @@ def test_known_pose_is_recovered(case, tmp_path, small_ct, small_ct_path):
         run_ok("evaluate", "--data-dir", tmp_path / f"out{seed}", "--progress", "none")
         finals.append(json.loads((tmp_path / f"out{seed}" / R.METRICS).read_text())["pose_error"]["final"])
     mtre = [f["mtre_mm"] for f in finals]
-    assert np.median(mtre) < 2.0 and max(mtre) < 3.5, mtre
+    assert np.median(mtre) < 2.0 and max(mtre) < 3.0, mtre
     assert all(f["rotation_deg"] < 1.0 and f["mrpe_mm"] < 2.0 for f in finals), finals
     assert errors["final"]["mrpe_mm"] < errors["init"]["mrpe_mm"] / 5
     assert metrics["ncc"] > metrics["ncc_init"] + 0.05
@@ -72,7 +75,7 @@ def test_parameters_load_with_weights_only_and_agree_with_pose_json(case):
     pose = load_pose(case["folder"] / R.POSE)
     assert np.allclose(pose.world_from_camera, data["final_pose"].numpy())
     assert np.allclose(load_pose(case["folder"] / R.PARAMETERS).world_from_camera, pose.world_from_camera)
-    assert (pose.height, pose.width, pose.sdd) == (64, 64, 1020.0)
+    assert (pose.height, pose.width, pose.sdd) == (SIZE, SIZE, 1020.0)
     s = data["settings"]
     assert s["volume"] == str(case["ct"]) and s["xray"] == str(case["xray"])
     assert s["mask"] is None and s["labels"] is None and s["initializer"] == "pose"
@@ -86,9 +89,9 @@ def test_parameters_load_with_weights_only_and_agree_with_pose_json(case):
 
 def test_images_trajectory_and_metrics(case):
     gt = sitk.ReadImage(str(case["folder"] / R.GT))
-    assert gt.GetPixelID() == sitk.sitkUInt16 and gt.GetSize() == (64, 64)
+    assert gt.GetPixelID() == sitk.sitkUInt16 and gt.GetSize() == (SIZE, SIZE)
     for name in (R.INIT_IMAGE, R.FINAL_IMAGE, R.HQ_DRR):
-        assert sitk.ReadImage(str(case["folder"] / name)).GetSize() == (64, 64)
+        assert sitk.ReadImage(str(case["folder"] / name)).GetSize() == (SIZE, SIZE)
     with open(case["folder"] / R.TRAJECTORY, newline="") as f:
         rows = list(csv.DictReader(f))
     metrics = json.loads((case["folder"] / R.METRICS).read_text())
@@ -103,7 +106,7 @@ def test_drr_verb_renders_the_registration_result(case, tmp_path):
            "--device", "cpu", "--progress", "none")
     drr = np.load(tmp_path / "d.npy")
     hq = sitk.GetArrayFromImage(sitk.ReadImage(str(case["folder"] / R.HQ_DRR))).astype(float)
-    assert drr.shape == (64, 64)
+    assert drr.shape == (SIZE, SIZE)
     assert np.corrcoef(drr.ravel(), hq.ravel())[0, 1] > 0.999
 
 
