@@ -103,7 +103,7 @@ class FastRenderer:
                 break
             level, affine = _pool(level, affine, factors)
             self.levels.append(_Level(level, affine))
-        self.chunk_samples = chunk_samples  # 2^22 samples (a 48 MB grid): few sync points, which cost most on a loaded CPU
+        self.chunk_samples = chunk_samples  # 2^22 (a 48 MB grid): few thread sync points, costly on a loaded CPU
         self.preview_budget = preview_budget
 
     # --- level and sampling choice ------------------------------------------------------------------------
