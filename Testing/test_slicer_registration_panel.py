@@ -223,17 +223,23 @@ def test_accept_writes_review_json_and_keeps_the_accepted_list(logic, scene, reg
 
 
 # --- landmarks ------------------------------------------------------------------------------------------------------
+def landmark_nodes(scene, pose, pixels, ras):
+    """Markups pairs as a user clicks them: each pixel on the X-ray's detector plane, its RAS point on the CT."""
+    on_xray = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "X-ray points")
+    on_ct = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "CT points")
+    for p, r in zip(pose.pixel_to_world(pixels[:, 0], pixels[:, 1]), ras):
+        on_xray.AddControlPoint(vtk.vtkVector3d(*p))
+        on_ct.AddControlPoint(vtk.vtkVector3d(*r))
+    return on_xray, on_ct
+
+
 def test_landmarks_json_pairs_xray_pixels_with_ct_points_as_the_pose_projects_them(scene, tmp_path):
     pose = oblique_pose()
     xray = mrml.xray_to_volume_node(Xray(np.zeros((48, 64), np.float32), 900.0, 3.0, 2.5), scene, "X-ray", pose)
     rng = np.random.default_rng(1)
     ras = rng.uniform(-60, 60, (5, 3))
     pixels = pose.project(ras)
-    on_xray = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "X-ray points")
-    on_ct = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "CT points")
-    for p, r in zip(pose.pixel_to_world(pixels[:, 0], pixels[:, 1]), ras):
-        on_xray.AddControlPoint(vtk.vtkVector3d(*p))
-        on_ct.AddControlPoint(vtk.vtkVector3d(*r))
+    on_xray, on_ct = landmark_nodes(scene, pose, pixels, ras)
 
     path = review.write_landmarks(tmp_path / "landmarks.json", xray, on_xray, on_ct)
 
@@ -391,11 +397,7 @@ def test_landmark_points_placed_on_the_xray_and_ct_initialise_the_engine_at_the_
     rng = np.random.default_rng(4)
     ras = center_ras(ct_image) + rng.uniform(-30, 30, (8, 3))
     pixels = pose.project(ras)
-    on_xray = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "X-ray points")
-    on_ct = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "CT points")
-    for p, r in zip(pose.pixel_to_world(pixels[:, 0], pixels[:, 1]), ras):
-        on_xray.AddControlPoint(vtk.vtkVector3d(*p))
-        on_ct.AddControlPoint(vtk.vtkVector3d(*r))
+    on_xray, on_ct = landmark_nodes(scene, pose, pixels, ras)
 
     pose_node, drr, table = logic.register(xray, ct, landmarks=(on_xray, on_ct), renderer="fast",
                                            extraArgs="--init-only")
