@@ -26,7 +26,6 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(PIP) -q -e '.[bench]'
 	$(PY) bench/prepare.py
 	$(PY) bench/render.py
 

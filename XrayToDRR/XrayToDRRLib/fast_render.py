@@ -16,6 +16,8 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
+from . import fused_render
+from .errors import InputError
 from .pose import Pose
 from .render import MU_WATER_PER_MM, hu_to_mu, pick_device
 from .volumes import ras_affine
@@ -43,8 +45,15 @@ class _Level:
         self.grid_from_world = torch.as_tensor(to_grid @ np.linalg.inv(affine), dtype=torch.float32,
                                                device=mu_kji.device)
         lo, hi = _occupied_range(mu_kji > AIR_MU)
-        box = np.stack([lo - 1, hi + 1]).clip(0, self.shape - 1) * 2.0 / np.maximum(self.shape - 1, 1) - 1.0
+        # The (thin, noisy) air outside the body box is set to exactly 0, so the box's faces are layers of zeros:
+        # every backend clips rays there without losing anything and without gradient through the clip.
+        for axis, (first, last) in enumerate(zip(lo[::-1], hi[::-1])):  # k, j, i
+            mu_kji.narrow(axis, 0, first).zero_()
+            mu_kji.narrow(axis, last + 1, mu_kji.shape[axis] - last - 1).zero_()
+        self.lo, self.hi = (lo - 1).clip(0, self.shape - 1), (hi + 1).clip(0, self.shape - 1)  # voxel indices
+        box = np.stack([self.lo, self.hi]) * 2.0 / np.maximum(self.shape - 1, 1) - 1.0
         self.box = torch.as_tensor(box, dtype=torch.float32, device=mu_kji.device)
+        self.fused = None  # the level as the triton backend reads it, made on first use
 
 
 def _occupied_range(occupied_kji: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -79,12 +88,19 @@ def _pool(mu_kji: torch.Tensor, affine: np.ndarray, factors_ijk) -> tuple[torch.
 class FastRenderer:
     """Render canonical poses of one volume: `render(poses, mode)` for images, `render_tensor` for gradients.
     `attenuation` (1/mm) and `mask` are (i, j, k) arrays like `volumes.array_ijk`; by default the CT's HU are
-    converted with `render.hu_to_mu`."""
+    converted with `render.hu_to_mu`.
+
+    Backends (`self.backend`, recorded in outputs' metadata): 'torch' samples with `grid_sample` (CPU and CUDA);
+    'triton' is nanodrr's fused CUDA kernel (see fused_render); 'auto' takes triton on CUDA when it imports."""
 
     def __init__(self, volume: sitk.Image, mask: np.ndarray | None = None, device: str | torch.device = "auto",
                  attenuation: np.ndarray | None = None, n_levels: int = 5, chunk_samples: int = 2 ** 22,
-                 preview_budget: int = 2 ** 19):
+                 preview_budget: int = 2 ** 19, backend: str = "auto"):
         self.device = pick_device(device)
+        try:
+            self.backend = fused_render.pick_backend(backend, self.device)
+        except ValueError as err:
+            raise InputError(str(err), None, "use --backend torch (or auto)") from None
         if attenuation is None:
             mu = hu_to_mu(sitk.GetArrayViewFromImage(volume))  # already (k, j, i): no transpose copy
         else:
@@ -160,6 +176,11 @@ class FastRenderer:
                                  align_corners=False)[:, 0]
         lvl = self.levels[level]
         dirs = self._camera_directions(pose)                                       # (R,3) unit, camera frame
+        if self.backend == "triton":
+            if lvl.fused is None:
+                lvl.fused = fused_render.FusedLevel(lvl, self._max_chord(lvl))
+            values = lvl.fused.render(world_from_camera.float(), dirs, pose.width, step_factor)
+            return values.reshape(-1, pose.height, pose.width)
         rot, src = world_from_camera[:, :3, :3], world_from_camera[:, :3, 3]
         g_rot, g_t = lvl.grid_from_world[:3, :3], lvl.grid_from_world[:3, 3]
         # Tiny products are written elementwise: MKL's threaded matmul stalls for ~15 ms on a busy 2-core machine.
@@ -219,9 +240,7 @@ class FastRenderer:
 
     def _max_chord(self, lvl: _Level) -> float:
         """Longest straight line through the occupied box, in mm."""
-        lo, hi = lvl.box.cpu().numpy()
-        idx = (np.stack([lo, hi]) + 1.0) * (lvl.shape - 1) / 2.0
-        return float(np.linalg.norm(lvl.affine[:3, :3] @ (idx[1] - idx[0]))) + lvl.voxel
+        return float(np.linalg.norm(lvl.affine[:3, :3] @ (lvl.hi - lvl.lo))) + lvl.voxel
 
 
 def _clip_to_box(origin: torch.Tensor, direction: torch.Tensor, box: torch.Tensor):

@@ -205,6 +205,7 @@ class Session:
             "loss": traj.final_loss, "iterations": traj.iterations, "seconds": time.perf_counter() - started,
             "optimisation_seconds": traj.seconds, "stopped": traj.stopped, "message": traj.message,
             "similarity": o.similarity, "scales": scales, "renderer": o.renderer,
+            "backend": self.fast.backend,
             "stages": R.plain(traj.stage_info), "initializer": {k: v for k, v in info.items() if k != "inlier_mask"},
         }
         if traj.stopped == "nan":

