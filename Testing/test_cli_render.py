@@ -117,3 +117,4 @@ def test_drr_records_the_renderer_in_the_output(tmp_path, small_ct_path, ap_pose
     assert result.exit_code == 0, result.output
     meta = read_metadata(out)
     assert meta["renderer"] == "fast" and meta["mode"] == "preview" and meta["device"] == "cpu"
+    assert meta["backend"] == "torch"  # auto on a CPU

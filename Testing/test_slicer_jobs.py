@@ -5,6 +5,7 @@ Every module file of the repository is loaded (application-only parts stood in b
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -177,6 +178,10 @@ def test_console_render_returns_a_drr_node_on_the_detector_over_the_xray(logic, 
     for node in (drr, fast):
         assert node.GetAttribute("XrayToDRR.kind") == "drr"
         assert np.allclose((ijk_to_ras(node) @ [31, 23, 0, 1])[:3], pose.detector_corners()[2], atol=1e-6)
+    rendering = {n: json.loads(node.GetAttribute("XrayToDRR.rendering")) for n, node in (("job", drr), ("fast", fast))}
+    assert rendering["job"]["renderer"] == "siddon" and rendering["job"]["device"] == "cpu"
+    assert (rendering["fast"]["renderer"], rendering["fast"]["mode"], rendering["fast"]["backend"]) == \
+        ("fast", "full", "torch")
     a, b = slicer.util.arrayFromVolume(drr)[0], slicer.util.arrayFromVolume(fast)[0]
     assert a.max() > 0.5 and np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.98
     source = pose_node.GetNodeReference("XrayToDRR.source")

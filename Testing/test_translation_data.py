@@ -189,7 +189,7 @@ def test_pairs_writes_matching_names_and_drops_low_ncc_cases_listing_them(tmp_pa
     root, poses = registrations
     out = tmp_path / "paired"
     result = run_cli("pairs", "-o", out, "--min-ncc", "0.5", "--device", "cpu", "--progress", "none",
-                     root / "case0", root / "case1", root / "case2")
+                     "--renderer", "siddon", root / "case0", root / "case1", root / "case2")
     assert result.exit_code == 0, result.output
     assert "dropped 1: case1 (NCC 0.3500 < 0.5)" in result.output
     assert sorted(p.name for p in (out / "xray").iterdir()) == ["case0.png", "case2.png"]
@@ -208,11 +208,19 @@ def test_pairs_writes_matching_names_and_drops_low_ncc_cases_listing_them(tmp_pa
     assert rows["case2"]["volume"].endswith("small_ct.nii.gz") and rows["case2"]["height"] == "32"
 
 
-def test_pairs_accepts_a_folder_of_registration_folders(tmp_path, registrations):
-    root, _ = registrations
+def test_pairs_accepts_a_folder_of_registration_folders_and_renders_fast_hq_by_default(tmp_path, registrations,
+                                                                                        small_ct):
+    from XrayToDRRLib.images import read_metadata
+
+    root, poses = registrations
     result = run_cli("pairs", "-o", tmp_path / "all", "--device", "cpu", "--progress", "none", root)
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "all" / "drr").iterdir())) == 3
+    drr = tmp_path / "all" / "drr" / "case2.png"
+    assert read_metadata(drr) == {"renderer": "fast", "mode": "hq", "backend": "torch", "device": "cpu",
+                                  "units": "line integral of attenuation"}
+    siddon = DRRRenderer(small_ct, renderer="siddon", device="cpu").render(poses["case2"])
+    assert np.corrcoef(read_png(drr).ravel(), siddon.ravel())[0, 1] >= 0.99
 
 
 @pytest.mark.parametrize("case, message", [

@@ -985,11 +985,10 @@ class XrayToDRRLogic(ScriptedLoadableModuleLogic):
         pose = mrml.pose_from_transform_node(self._require(poseNode, "pose transform"))
         name = name or f"DRR {poseNode.GetName()}"
         if renderer == "fast":
-            from XrayToDRRLib.fast_render import FastRenderer
+            from XrayToDRRLib.drr_engine import DRREngine
 
-            ct = mrml.volume_node_to_sitk(self._require(volumeNode, "CT"))
-            image = FastRenderer(ct, device=self.device).render(pose, mode)
-            return self._showDrr(image, pose, poseNode, name, xrayNode, opacity)
+            engine = DRREngine(mrml.volume_node_to_sitk(self._require(volumeNode, "CT")), mode=mode, device=self.device)
+            return self._showDrr(engine.render(pose), pose, poseNode, name, xrayNode, opacity, engine.metadata)
         folder = self._newFolder("drr")
         self._writeVolume(volumeNode, folder / "ct.nrrd")
         pose.save(folder / "pose.json")
@@ -999,16 +998,17 @@ class XrayToDRRLogic(ScriptedLoadableModuleLogic):
 
         def finish(outputs):
             import SimpleITK as sitk
+            from XrayToDRRLib.images import read_metadata
 
             image = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
-            return self._showDrr(image, pose, poseNode, name, xrayNode, opacity)
+            return self._showDrr(image, pose, poseNode, name, xrayNode, opacity, read_metadata(out))
 
         return self._run("Rendering DRR", args, folder, [out], finish, wait)
 
-    def _showDrr(self, image, pose, poseNode, name, xrayNode, opacity):
+    def _showDrr(self, image, pose, poseNode, name, xrayNode, opacity, metadata=None):
         from XrayToDRRLib import mrml
 
-        drr = mrml.drr_to_volume_node(np.asarray(image, dtype=np.float32), pose, self.scene, name)
+        drr = mrml.drr_to_volume_node(np.asarray(image, dtype=np.float32), pose, self.scene, name, metadata)
         if xrayNode is not None:
             mrml.set_detector_geometry(xrayNode, pose)
             mrml.show_overlay(self.scene, xrayNode, drr, opacity)

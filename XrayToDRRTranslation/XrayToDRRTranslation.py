@@ -530,11 +530,12 @@ class XrayToDRRTranslationLogic(ScriptedLoadableModuleLogic):
 
     # --- verbs -----------------------------------------------------------------------------------------------------
     def buildPairs(self, registrationFolders, outputFolder=None, minNcc: Optional[float] = None,
-                   masked: bool = False, useReviews: bool = True, wait: bool = True):
+                   masked: bool = False, useReviews: bool = True, renderer: str = "fast", mode: str = "hq",
+                   wait: bool = True):
         """Aligned (X-ray, DRR) pairs from registration output folders (`xraytodrr pairs`): a list, or a string
         separated by ';'; each a registration folder or a folder of them. useReviews: rejected folders are left out
-        and accepted poses are used (see `reviewedInputs`). Default output: a new temporary folder. Returns
-        (output folder, table node of pairs.csv)."""
+        and accepted poses are used (see `reviewedInputs`). renderer: fast (`mode` hq | full) | siddon | trilinear.
+        Default output: a new temporary folder. Returns (output folder, table node of pairs.csv)."""
         from XrayToDRRTranslationLib.mrml import csv_to_table_node
 
         self.base._requireEngine()
@@ -547,7 +548,7 @@ class XrayToDRRTranslationLogic(ScriptedLoadableModuleLogic):
 
             raise InputError("every registration folder was rejected in review", None, "accept some registrations")
         out = _abs(outputFolder) if outputFolder else folder / "pairs"
-        args = ["pairs", "-o", out, "--device", self.device]
+        args = ["pairs", "-o", out, "--device", self.device, "--renderer", renderer, "--mode", mode]
         if minNcc is not None:
             args += ["--min-ncc", minNcc]
         if masked:

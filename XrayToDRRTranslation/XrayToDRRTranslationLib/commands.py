@@ -48,6 +48,9 @@ def pairs_verb(
         "--volumes", help="instead of registration folders: INPUT TARGET volumes on the same grid (e.g. MRI CT), "
                           "cut into slice pairs", show_default=False)] = None,
     axis: Annotated[Axis, typer.Option(help="slice axis for --volumes (the volume's index axes)")] = Axis.z,
+    renderer: Annotated[str, typer.Option(
+        help="DRR renderer: fast (volume pyramid, see --mode) | siddon (exact) | trilinear (DiffDRR)")] = "fast",
+    mode: Annotated[str, typer.Option(help="with --renderer fast: hq (detector-matched) | full (original voxels)")] = "hq",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda (DRR rendering)")] = "auto",
     progress: ProgressOption = "bar",
 ):
@@ -61,7 +64,8 @@ def pairs_verb(
     if use_volumes:
         report = pairs_from_volumes(volumes[0], volumes[1], output, axis=axis.value, progress=progress)
     elif folders:
-        report = build_pairs(folders, output, min_ncc=min_ncc, masked=masked, device=device, progress=progress)
+        report = build_pairs(folders, output, min_ncc=min_ncc, masked=masked, device=device, progress=progress,
+                             renderer=renderer, mode=mode)
     else:
         raise InputError("no inputs", None, "give registration output folders, or --volumes INPUT TARGET")
     typer.echo(f"wrote {len(report.kept)} pair(s) to {report.output}")

@@ -6,8 +6,9 @@ A registration output folder holds (the contract `xraytodrr register` writes):
   metrics.json   at least {"ncc": float}
   parameters.pt  torch.save({"settings": {"volume": CT path, "mask": path | None, "labels": list | None}, ...})
 
-`build_pairs` writes OUT/xray/NAME.png (gt.png, byte for byte) and OUT/drr/NAME.png (the Siddon DRR of the
-settings' volume at the final pose, same size, 16-bit scaled 0..max like `xraytodrr drr`), NAME = the registration
+`build_pairs` writes OUT/xray/NAME.png (gt.png, byte for byte) and OUT/drr/NAME.png (the DRR of the settings'
+volume at the final pose, same size, 16-bit scaled 0..max like `xraytodrr drr`, by the same renderers: by default
+the fast renderer's HQ mode, NCC >= 0.99 with Siddon; `renderer="siddon"` for exact ones), NAME = the registration
 folder's name (its parent's name is prefixed when two folders share a name), and OUT/pairs.csv: one row per case
 with status kept | dropped, the reason, source files, registration metrics and the pose. With `min_ncc`, cases whose
 NCC is below it are dropped: listed in the CSV and the report, never silently. By default the DRR is rendered from
@@ -143,11 +144,14 @@ def _unique_names(cases: list[Case]) -> None:
 
 
 def build_pairs(folders: list[str | Path], output: str | Path, min_ncc: float | None = None, masked: bool = False,
-                device: str = "auto", progress: Progress | None = None) -> PairsReport:
+                device: str = "auto", progress: Progress | None = None, renderer: str = "fast",
+                mode: str = "hq") -> PairsReport:
     """(X-ray, DRR) pairs from registration output folders (see the module docstring)."""
-    from XrayToDRRLib.render import DRRRenderer, label_mask
+    from XrayToDRRLib.drr_engine import DRREngine, check_engine
+    from XrayToDRRLib.render import label_mask
     from XrayToDRRLib.volumes import read_labels, read_volume
 
+    check_engine(renderer, mode)
     progress = progress or Progress()
     paths = find_registration_folders(folders)
     cases = [read_case(p) for p in paths]
@@ -188,11 +192,11 @@ def build_pairs(folders: list[str | Path], output: str | Path, min_ncc: float | 
             ct = read_volume(volume)
             keep = label_mask(read_labels(mask, reference=ct), list(labels) if labels else None, mask) \
                 if mask else None
-            renderer = DRRRenderer(ct, mask=keep, renderer="siddon", device=device)
+            engine = DRREngine(ct, keep, renderer, mode, device=device)
             for c in group:
                 progress.update(done / len(kept), f"DRR {done + 1}/{len(kept)} {c.name}")
-                drr = renderer.render(c.pose)
-                save_image(drr, tmp / "drr" / f"{c.name}.png", spacing=(c.pose.dely, c.pose.delx))
+                save_image(engine.render(c.pose), tmp / "drr" / f"{c.name}.png", spacing=(c.pose.dely, c.pose.delx),
+                           metadata=engine.metadata)
                 shutil.copyfile(c.gt, tmp / "xray" / f"{c.name}.png")
                 done += 1
         table = _registration_table(cases, {d["name"]: d["reason"] for d in dropped}, masked)
