@@ -92,3 +92,11 @@ def test_mask_labels_crop_and_intensity_options_reach_the_outputs(quick_result, 
     full = load_pose(quick_result["folder"] / R.POSE)
     c = center_ras(small_ct)[None]
     assert np.allclose(pose.project(c) + 4, full.project(c), atol=1.0)
+
+
+def test_optimiser_defaults_have_one_definition():
+    from XrayToDRRRegistrationLib.batch import RegistrationOptions
+    from XrayToDRRRegistrationLib.register import OptimizerSettings
+
+    assert RegistrationOptions("ct.nii.gz").optimizer() == OptimizerSettings()
+    assert OptimizerSettings().patience == 8 and OptimizerSettings().threshold == 1e-5  # what bench/ measured

@@ -50,14 +50,15 @@ class RegistrationOptions:
     subtract_background: bool = False
     linearize: bool = False
     collimator: str = "auto"
-    similarity: str = "gmncc"
-    scales: str = "auto"
-    lr_rot: float = 1e-2
-    lr_xyz: float = 1.0
-    patience: int = 8
-    threshold: float = 1e-5
-    max_n_itrs: list[int] | int = 200
-    max_n_plateaus: int = 2
+    # The optimiser's options and their defaults are OptimizerSettings' (one definition).
+    similarity: str = OptimizerSettings.similarity
+    scales: str = OptimizerSettings.scales
+    lr_rot: float = OptimizerSettings.lr_rot
+    lr_xyz: float = OptimizerSettings.lr_xyz
+    patience: int = OptimizerSettings.patience
+    threshold: float = OptimizerSettings.threshold
+    max_n_itrs: list[int] | int = OptimizerSettings.max_n_itrs
+    max_n_plateaus: int = OptimizerSettings.max_n_plateaus
     renderer: str = "siddon"
     init_only: bool = False
     save_images: bool = False
@@ -66,8 +67,8 @@ class RegistrationOptions:
     seed: int = 0
 
     def optimizer(self) -> OptimizerSettings:
-        return OptimizerSettings(self.similarity, self.scales, self.lr_rot, self.lr_xyz, self.patience,
-                                 self.threshold, self.max_n_itrs, self.max_n_plateaus)
+        names = [f.name for f in dataclasses.fields(OptimizerSettings)]
+        return OptimizerSettings(**{name: getattr(self, name) for name in names if hasattr(self, name)})
 
     def check(self) -> None:
         if self.renderer not in FINAL_RENDERERS:

@@ -54,8 +54,8 @@ class OptimizerSettings:
     scales: list[float] | str = "auto"
     lr_rot: float = 1e-2
     lr_xyz: float = 1.0
-    patience: int = 5
-    threshold: float = 1e-4
+    patience: int = 8
+    threshold: float = 1e-5
     max_n_itrs: list[int] | int = 200
     max_n_plateaus: int = 2
     lr_reduce_factor: float = 0.1
