@@ -8,10 +8,10 @@ from typing import Annotated, Optional
 import typer
 
 from .cli import DeviceOption, LabelsOption, ProgressOption, parse_labels, verb
-from .errors import InputError
-from .images import IMAGE_SUFFIXES, save_image, suffix_of
 from .drr_engine import DRREngine, check_engine
+from .errors import InputError
 from .fast_render import MODES
+from .images import IMAGE_SUFFIXES, save_image, suffix_of
 from .pose import load_pose
 from .render import label_mask
 from .volumes import read_labels, read_volume
