@@ -194,7 +194,7 @@ def save_figure(images: dict, path: Path) -> None:
     fig.suptitle(f"{reference.shape[0]}² DRRs of the bundled chest CT, same pose; bottom: difference from siddon "
                  "(+-5 % of the image's range)", fontsize=9)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=85)
     plt.close(fig)
     print(f"# figure: {path}")
 
