@@ -20,6 +20,7 @@ from slicer_module_stubs import ROOT, load_module_file  # noqa: E402
 from translation_fixtures import make_pairs, make_registration_folder, read_png  # noqa: E402
 
 from XrayToDRRLib import mrml  # noqa: E402
+from XrayToDRRLib.images import read_metadata  # noqa: E402
 from XrayToDRRLib.pose import look_at, perturb  # noqa: E402
 from XrayToDRRLib.xray import Xray  # noqa: E402
 from XrayToDRRRegistrationLib import mrml as review  # noqa: E402
@@ -148,6 +149,7 @@ def test_pairs_from_registration_folders_follow_reviews_and_min_ncc(logic, scene
     image = sitk.ReadImage(str(out / "drr" / "good.png"))
     assert image.GetSize() == (32, 24) and image.GetPixelID() == sitk.sitkUInt16
     assert sitk.GetArrayFromImage(image).max() > 0
+    assert read_metadata(out / "drr" / "good.png")["renderer"] == "fast"  # the panel's and the verb's default
     rows = {table.GetCellText(r, 0): table.GetCellText(r, 1) for r in range(table.GetNumberOfRows())}
     assert rows == {"good": "kept", "moved": "kept", "low": "dropped"}  # poor: rejected in review, not a case
     assert (cases["moved"] / "pose.json").read_text() == (folders["moved"] / "pose.json").read_text()  # untouched

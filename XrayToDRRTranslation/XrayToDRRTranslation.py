@@ -108,6 +108,7 @@ class XrayToDRRTranslationParameterNode:
     registrationFolders: str = ""
     minNcc: Annotated[float, WithinRange(0.0, 1.0)] = 0.0
     masked: bool = False
+    pairsRenderer: Annotated[str, Choice(["fast", "siddon", "trilinear"])] = "fast"
     pairsFolder: Path
     # augmentation
     copies: Annotated[int, WithinRange(1, 1000)] = 4
@@ -290,7 +291,8 @@ class XrayToDRRTranslationWidget(TaskRunnerMixin, ScriptedLoadableModuleWidget, 
             slicer.app.applicationLogic().PropagateTableSelection()
 
         self._start(self.ui.buildPairsButton, lambda: self.logic.buildPairs(
-            p.registrationFolders, _path(p.pairsFolder), p.minNcc or None, p.masked, wait=False), done)
+            p.registrationFolders, _path(p.pairsFolder), p.minNcc or None, p.masked, renderer=p.pairsRenderer,
+            wait=False), done)
 
     def onAugment(self, checked=False) -> None:
         p = self._parameterNode
