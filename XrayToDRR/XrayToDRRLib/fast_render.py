@@ -121,6 +121,7 @@ class FastRenderer:
             self.levels.append(_Level(level, affine))
         self.chunk_samples = chunk_samples  # 2^22 (a 48 MB grid): few thread sync points, costly on a loaded CPU
         self.preview_budget = preview_budget
+        self._directions: tuple | None = None  # (detector, its unit ray directions): most calls reuse one detector
 
     # --- level and sampling choice ------------------------------------------------------------------------
     def footprint(self, pose: Pose) -> float:
@@ -231,6 +232,12 @@ class FastRenderer:
         return values.reshape(b, pose.height, pose.width)
 
     def _camera_directions(self, pose: Pose) -> torch.Tensor:
+        detector = (pose.height, pose.width, pose.delx, pose.dely, pose.x0, pose.y0, pose.sdd)
+        if self._directions is None or self._directions[0] != detector:
+            self._directions = (detector, self._directions_of(pose))
+        return self._directions[1]
+
+    def _directions_of(self, pose: Pose) -> torch.Tensor:
         rows, cols = torch.meshgrid(torch.arange(pose.height, dtype=torch.float32),
                                     torch.arange(pose.width, dtype=torch.float32), indexing="ij")
         x = (cols - (pose.width - 1) / 2) * pose.delx + pose.x0
