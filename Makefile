@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PIP := $(PY) -m pip install --disable-pip-version-check -c constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench clean install
+.PHONY: demo test bench gpu-check clean install
 
 install: $(STAMP)
 
@@ -28,6 +28,11 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/prepare.py
 	$(PY) bench/render.py
+
+# On a CUDA machine: the CPU-vs-CUDA backend tests, then the render benchmark with the GPU rows.
+gpu-check: $(STAMP)
+	$(PY) -m pytest -v Testing/test_fused_render.py Testing/test_fast_render.py
+	$(PY) bench/render.py --sizes 128 256 512 --figure bench/figures/render_gpu_512.png
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache
