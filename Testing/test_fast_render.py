@@ -77,3 +77,23 @@ def test_pose_gradient_matches_finite_differences(small_ct, fast):
     # finite differences of the finely sampled sum up to sampling error.
     analytic, numeric = shift.grad.numpy(), np.array(numeric)
     assert np.linalg.norm(analytic - numeric) < 0.1 * np.linalg.norm(numeric)
+
+
+@pytest.mark.parametrize("view", ["ap", "lateral"])
+def test_pose_gradient_along_the_beam_matches_finite_differences(small_ct, fast, view):
+    # Depth is registration's weakest direction: its gradient must be the sampled image's, not sampling noise.
+    centre = center_ras(small_ct)
+    pose = perturb(standard_view(view, centre, 1020, 48, 40, 8.0), [5, -3, 4], [6, 8, -10], centre)
+    base = torch.as_tensor(pose.world_from_camera[None], dtype=torch.float32)
+    beam = torch.as_tensor(pose.world_from_camera[:3, 2], dtype=torch.float32)
+
+    def loss(depth):
+        m = base.clone()
+        m[0, :3, 3] = m[0, :3, 3] + depth * beam
+        return fast.render_tensor(m, pose, level=1).square().mean()
+
+    depth = torch.zeros((), requires_grad=True)
+    loss(depth).backward()
+    with torch.no_grad():
+        numeric = (loss(torch.tensor(1.0)) - loss(torch.tensor(-1.0))).item() / 2.0
+    assert depth.grad.item() == pytest.approx(numeric, rel=0.05)
