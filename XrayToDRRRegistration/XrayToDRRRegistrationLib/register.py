@@ -42,10 +42,6 @@ from .preprocess import PreparedXray, stage_detector, stage_images
 AUTO_STAGE_PIXELS = (32, 64, 128)
 STOP_REASONS = ("converged", "max_itrs", "nan", "init_only")
 ONE_THREAD_MAX_PIXELS = 128 * 128
-# The optimised DRR samples every half voxel (images elsewhere take one per voxel): at one per voxel the integral
-# wobbles slightly as rays slide across the grid, which the weak depth gradient of a single view feels (bench:
-# 90th-percentile mTRE 2.4 mm at one sample per voxel, 1.3 mm at two, 10 cases).
-STEP_FACTOR = 0.5
 
 
 @dataclasses.dataclass
@@ -204,7 +200,7 @@ def optimize(renderer: FastRenderer, prepared: PreparedXray, init: Pose, center,
             for it in range(n_itrs):
                 opt.zero_grad()
                 matrix = corrected(start, center_t, w, t)
-                drr = renderer.render_tensor(matrix[None].float(), detector, level, step_factor=STEP_FACTOR)[:, None]
+                drr = renderer.render_tensor(matrix[None].float(), detector, level)[:, None]
                 if stage == 0 and it == 0:
                     _check_first_render(drr)
                 score = f(target, drr, mask)[0]
