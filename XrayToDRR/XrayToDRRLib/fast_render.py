@@ -31,8 +31,8 @@ class _Level:
     its world -> grid_sample-coordinate matrix and the grid-coordinate box that holds every non-air voxel."""
 
     def __init__(self, mu_kji: torch.Tensor, affine: np.ndarray):
-        # One voxel of air around the volume: rays are clipped where the integrand is exactly 0, so the clip
-        # distances carry no gradient even where the CT cuts through the body.
+        # One voxel of air around the volume: rays are clipped where the integrand is exactly 0, so the integral
+        # does not depend on where they are clipped, even where the CT cuts through the body.
         mu_kji = F.pad(mu_kji, (1, 1, 1, 1, 1, 1))
         affine = affine @ _translation([-1.0, -1.0, -1.0])
         self.mu = mu_kji[None, None]
@@ -46,7 +46,7 @@ class _Level:
                                                device=mu_kji.device)
         lo, hi = _occupied_range(mu_kji > AIR_MU)
         # The (thin, noisy) air outside the body box is set to exactly 0, so the box's faces are layers of zeros:
-        # every backend clips rays there without losing anything and without gradient through the clip.
+        # every backend clips rays there without losing anything.
         for axis, (first, last) in enumerate(zip(lo[::-1], hi[::-1])):  # k, j, i
             mu_kji.narrow(axis, 0, first).zero_()
             mu_kji.narrow(axis, last + 1, mu_kji.shape[axis] - last - 1).zero_()
