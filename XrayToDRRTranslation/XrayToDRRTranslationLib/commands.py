@@ -51,7 +51,7 @@ def pairs_verb(
     renderer: Annotated[str, typer.Option(
         help="DRR renderer: fast (volume pyramid, see --mode) | siddon (exact) | trilinear (DiffDRR)")] = "fast",
     mode: Annotated[str, typer.Option(help="with --renderer fast: hq (detector-matched) | full (original voxels)")] = "hq",
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda (DRR rendering)")] = "auto",
+    device: DeviceOption = "auto",
     progress: ProgressOption = "bar",
 ):
     """Build aligned (X-ray, DRR) training pairs from registration results, or slice pairs from two volumes."""
