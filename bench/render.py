@@ -51,8 +51,8 @@ def ncc(a, b) -> float:
 
 
 def nanodrr_renderer(ct_path: Path, device):
-    """nanodrr's torch backend, fed our canonical pose: its `rt_inv` maps an OpenCV camera to world (our
-    world_from_camera) and its principal point offsets have the opposite sign."""
+    """nanodrr (its torch backend unless told otherwise), fed our canonical pose: its `rt_inv` maps an OpenCV
+    camera to world (our world_from_camera) and its principal point offsets have the opposite sign."""
     try:
         from nanodrr.data import Subject
         from nanodrr.drr import DRR
