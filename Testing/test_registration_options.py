@@ -37,11 +37,12 @@ def test_init_landmarks_give_the_true_pose(quick_result, small_ct, tmp_path):
     assert "landmarks: 11/12 inliers" in (tmp_path / "out" / R.LOG).read_text()
 
 
-def test_init_dicom_and_init_view_look_at_the_volume_centre(quick_result, small_ct, tmp_path):
+def test_init_dicom_and_init_view_without_search_look_at_the_volume_centre(quick_result, small_ct, tmp_path):
     c = center_ras(small_ct)
     for flag in (["--init-dicom"], ["--init-view", "lateral"]):
         out = tmp_path / flag[-1].strip("-")
-        run_ok("register", quick_result["xray"], "--volume", quick_result["ct"], "-o", out, *flag, *INIT_ONLY)
+        run_ok("register", quick_result["xray"], "--volume", quick_result["ct"], "-o", out, *flag, "--no-search",
+               *INIT_ONLY)
         pose = init_pose(out)
         assert np.allclose(pose.project(c[None])[0], [(pose.width - 1) / 2, (pose.height - 1) / 2], atol=1e-6)
         assert (pose.height, pose.width, pose.sdd) == (48, 48, 1020.0)

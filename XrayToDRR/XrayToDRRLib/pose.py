@@ -194,6 +194,7 @@ STANDARD_VIEWS = {
     "ap": np.array([0.0, 1.0, 0.0]),       # source anterior, beam anterior -> posterior
     "pa": np.array([0.0, -1.0, 0.0]),      # source posterior
     "lateral": np.array([1.0, 0.0, 0.0]),  # source on the patient's right, detector on the left (left lateral)
+    "right-lateral": np.array([-1.0, 0.0, 0.0]),  # source on the patient's left, detector on the right
 }
 
 

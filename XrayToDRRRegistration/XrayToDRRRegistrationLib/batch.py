@@ -25,9 +25,11 @@ from XrayToDRRLib.render import RENDERERS, DRRRenderer, label_mask, pick_device
 from XrayToDRRLib.volumes import center_ras, read_labels, read_volume
 
 from . import results as R
-from .initialize import Initializer, initial_pose, read_warp, with_camera
+from .confidence import assess
+from .initialize import SEARCHED, Initializer, initial_pose, nominal_poses, read_warp, with_camera
 from .preprocess import COLLIMATOR_MODES, PreparedXray, prepare_xray
 from .register import OptimizerSettings, Trajectory, check_settings, optimize, resolve_itrs, resolve_scales
+from .search import SearchSettings, refine_candidates, search_pose
 
 FINAL_RENDERERS = ("fast",) + RENDERERS
 XRAY_SUFFIXES = (".dcm", ".dicom", ".ima", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy", ".nii",
@@ -65,6 +67,23 @@ class RegistrationOptions:
     pattern: str | None = None
     device: str = "auto"
     seed: int = 0
+    # The global pose search (search.py) run by --init-view and --init-dicom.
+    search: bool = True
+    search_top_k: int = SearchSettings.top_k
+    search_angle: float = SearchSettings.angle_range_deg
+    search_distance: str = ",".join(f"{v:g}" for v in SearchSettings.distance_mm)
+    search_shift: float = SearchSettings.shift_mm
+
+    def search_settings(self) -> SearchSettings:
+        try:
+            lo, hi = (float(v) for v in str(self.search_distance).split(","))
+        except ValueError:
+            raise InputError(f"--search-distance must be two distances in mm, got '{self.search_distance}'", None,
+                             "e.g. --search-distance 500,1100") from None
+        settings = SearchSettings(angle_range_deg=float(self.search_angle), distance_mm=(lo, hi),
+                                  shift_mm=float(self.search_shift), top_k=int(self.search_top_k))
+        settings.check()
+        return settings
 
     def optimizer(self) -> OptimizerSettings:
         names = [f.name for f in dataclasses.fields(OptimizerSettings)]
@@ -79,6 +98,7 @@ class RegistrationOptions:
         if self.labels and not self.mask:
             raise InputError("--labels needs --mask (the label map they refer to)", None, "pass --mask SEG")
         check_settings(self.optimizer())
+        self.search_settings()
         resolve_scales(self.scales, _Square())  # syntax only
         parse_devices(self.device)
 
@@ -121,6 +141,9 @@ class Session:
 
     def __init__(self, options: RegistrationOptions, init: Initializer):
         options.check()
+        if init.kind == "view" and init.value == "auto" and not options.search:
+            raise InputError("--init-view auto needs the pose search", None,
+                             "drop --no-search, or name the view (--init-view ap | pa | lateral | right-lateral)")
         self.options, self.init = options, init
         self.device = parse_devices(options.device)[0]
         self.ct = read_volume(options.volume)
@@ -156,6 +179,27 @@ class Session:
         return np.concatenate(bands, axis=0)
 
     # --- one X-ray ------------------------------------------------------------------------------------------
+    def find_pose(self, prepared: PreparedXray, start, progress: Progress | None = None, log=None):
+        """The global search about `start` (or about every view of `--init-view auto`), its best candidates
+        refined briefly: (candidates best first, summary for metrics.json)."""
+        progress = progress or Progress()
+        log = log or (lambda message: None)
+        nominal = nominal_poses(self.init, start, self.ct)
+        found = search_pose(self.fast, prepared, nominal, self.center, self.options.search_settings(),
+                            progress.sub(0.0, 0.4))
+        started = time.perf_counter()
+        candidates = refine_candidates(self.fast, prepared, found.candidates, self.center, self.options.optimizer(),
+                                       progress=progress.sub(0.4, 1.0))
+        summary = {**found.summary(), "candidates": [c.to_dict() for c in candidates],
+                   "refine_seconds": round(time.perf_counter() - started, 3), "views": list(nominal)}
+        log(f"pose search over {', '.join(nominal)}: {found.hypotheses} hypotheses from {found.renders} DRRs in "
+            f"{found.seconds:.1f} s, {len(candidates)} candidates refined in {summary['refine_seconds']:.1f} s")
+        for n, c in enumerate(candidates):
+            log(f"  candidate {n + 1}: {c.view} tilt {c.tilt_deg[0]:+.0f}/{c.tilt_deg[1]:+.0f} deg, spin "
+                f"{c.spin_deg:+.0f} deg, source {c.distance_mm:.0f} mm, search {c.score:.3f}, refined "
+                f"{c.refined_score:.4f}")
+        return candidates, summary
+
     def prepare(self, xray_path) -> tuple[PreparedXray, object, dict]:
         """Read and preprocess the X-ray and find its initial pose (all the checks, no heavy work)."""
         o = self.options
@@ -189,14 +233,21 @@ class Session:
         for line in lines[:]:
             progress.log(line)
         scales = resolve_scales(o.scales, prep.detector)
+        candidates = None
+        if o.search and self.init.kind in SEARCHED:
+            progress.update(0.02, "searching the pose")
+            candidates, info["search"] = self.find_pose(prep, init, progress.sub(0.02, 0.3), log)
+            init = candidates[0].refined_pose
         if o.init_only:
             traj = Trajectory(init=init.world_from_camera.copy(), final=init.world_from_camera.copy(),
                               stopped="init_only", message="--init-only: no optimisation")
             log(traj.message)
         else:
             progress.update(0.02, "preparing the volume")
-            traj = optimize(self.fast, prep, init, self.center, o.optimizer(), progress.sub(0.05, 0.9), log)
+            traj = optimize(self.fast, prep, init, self.center, o.optimizer(), progress.sub(0.3, 0.88), log)
         final = with_camera(prep.detector, traj.final)
+        progress.update(0.88, "assessing the result")
+        confidence = assess(self.fast, prep, final, self.center, o.similarity, candidates)
         progress.update(0.9, "rendering the final DRRs")
         init_img = self.fast.render(init, "preview")
         final_img = self.fast.render(final, "preview")
@@ -208,11 +259,14 @@ class Session:
             "similarity": o.similarity, "scales": scales, "renderer": o.renderer,
             "backend": self.fast.backend,
             "stages": R.plain(traj.stage_info), "initializer": {k: v for k, v in info.items() if k != "inlier_mask"},
+            "confidence": confidence,
         }
         if traj.stopped == "nan":
             log("WARNING: " + traj.message)
+        if confidence["warning"]:
+            log("WARNING: " + confidence["warning"])
         log(f"done: NCC {metrics['ncc_init']:.4f} -> {metrics['ncc']:.4f}, {traj.iterations} iterations, "
-            f"{metrics['seconds']:.1f} s, stopped: {traj.stopped}")
+            f"{metrics['seconds']:.1f} s, stopped: {traj.stopped}, confidence {confidence['confidence']:.2f}")
         settings = dataclasses.asdict(o)
         settings.update({"xray": _absolute(xray_path), "volume": _absolute(o.volume), "mask": _absolute(o.mask),
                          "warp": _absolute(o.warp),
@@ -232,6 +286,8 @@ class Session:
                 save_image(prep.mask.astype(np.float32), tmp / R.FIELD, spacing)
             R.write_trajectory_csv(traj, scales, tmp / R.TRAJECTORY)
             R.write_json(tmp / R.METRICS, R.plain(metrics))
+            if candidates:
+                R.write_json(tmp / R.CANDIDATES, {"candidates": info["search"]["candidates"]})
             if o.save_images:
                 from . import visualize
 
@@ -241,7 +297,8 @@ class Session:
             (tmp / R.LOG).write_text("\n".join(lines) + "\n")
         progress.update(1.0, "done")
         return {"xray": str(xray_path), "folder": str(out_dir), "status": "ok", "error": "",
-                **{k: _fmt(metrics[k]) for k in ("ncc", "ncc_init", "loss", "iterations", "seconds", "stopped")}}
+                **{k: _fmt(metrics[k]) for k in ("ncc", "ncc_init", "loss", "iterations", "seconds", "stopped")},
+                "confidence": _fmt(confidence["confidence"]), "warning": confidence["warning"]}
 
 
 def _ncc(a, b) -> float:

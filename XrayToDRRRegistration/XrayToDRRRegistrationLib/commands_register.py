@@ -38,9 +38,10 @@ def register(
     init_pose: Annotated[Optional[Path], typer.Option(
         "--init-pose", help="initialise: pose.json or an earlier registration's parameters.pt")] = None,
     init_view: Annotated[Optional[str], typer.Option(
-        "--init-view", help="initialise: ap | pa | lateral, centred on the volume")] = None,
+        "--init-view", help="initialise: search about a view: ap | pa | lateral | right-lateral, or auto (all four)")
+    ] = None,
     init_dicom: Annotated[bool, typer.Option(
-        "--init-dicom", help="initialise: the DICOM's PositionerPrimary/SecondaryAngle and DistanceSourceToPatient")] = False,
+        "--init-dicom", help="initialise: search about the DICOM's PositionerPrimary/SecondaryAngle")] = False,
     init_landmarks: Annotated[Optional[Path], typer.Option(
         "--init-landmarks", help='initialise: >= 4 2D/3D points, {"points": \\[{"pixel": \\[col, row], "ras": '
                                  '\\[x, y, z]}, ...]} (pixels of the file as stored, RAS mm) -> PnP with RANSAC')] = None,
@@ -72,7 +73,19 @@ def register(
         _D.max_n_itrs),
     max_n_plateaus: Annotated[int, typer.Option(
         "--max-n-plateaus", help="a stage ends at this plateau (lr / 10 at each earlier one)")] = _D.max_n_plateaus,
-    init_only: Annotated[bool, typer.Option("--init-only", help="write the initial pose's results, no optimisation")] = False,
+    search: Annotated[bool, typer.Option(
+        "--search/--no-search", help="global pose search for --init-view/--init-dicom (off: the nominal pose as is)")
+    ] = _D.search,
+    search_top_k: Annotated[int, typer.Option(
+        "--search-top-k", help="distinct candidates of the search refined (and listed in candidates.json)")] = _D.search_top_k,
+    search_angle: Annotated[float, typer.Option(
+        "--search-angle", help="view angles searched: +- this many degrees about the nominal view")] = _D.search_angle,
+    search_distance: Annotated[str, typer.Option(
+        "--search-distance", help="source-to-patient distances searched, MIN,MAX mm")] = _D.search_distance,
+    search_shift: Annotated[float, typer.Option(
+        "--search-shift", help="in-plane offsets of the patient searched, +- mm")] = _D.search_shift,
+    init_only: Annotated[bool, typer.Option(
+        "--init-only", help="write the initial pose's results (after the search, if any), no optimisation")] = False,
     save_images: Annotated[bool, typer.Option("--save-images", help="also write registration.png and .gif")] = False,
     pattern: Annotated[Optional[str], typer.Option(help="glob for the X-rays of a folder (default: image types)")] = None,
     seed: Annotated[int, typer.Option(help="random seed (landmark RANSAC)")] = _D.seed,
@@ -93,7 +106,9 @@ def register(
         crop=crop, subtract_background=subtract_background, linearize=linearize, collimator=collimator,
         similarity=similarity, scales=scales, lr_rot=lr_rot, lr_xyz=lr_xyz, patience=patience, threshold=threshold,
         max_n_itrs=_itrs(max_n_itrs), max_n_plateaus=max_n_plateaus, renderer=renderer, init_only=init_only,
-        save_images=save_images, pattern=pattern, device=device, seed=seed)
+        save_images=save_images, pattern=pattern, device=device, seed=seed, search=search,
+        search_top_k=search_top_k, search_angle=search_angle, search_distance=search_distance,
+        search_shift=search_shift)
     return run(xray, options, init, output, progress)
 
 

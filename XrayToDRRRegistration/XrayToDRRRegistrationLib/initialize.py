@@ -2,14 +2,17 @@
 
 - `--init-pose FILE`: a pose.json or a previous registration's parameters.pt; its camera (world_from_camera) is
   kept and its detector replaced by the X-ray's.
-- `--init-view ap|pa|lateral`: the standard view (`XrayToDRRLib.pose.standard_view`) centred on the volume centre,
-  the source at the DICOM DistanceSourceToPatient when the file has one, else at half the SDD.
+- `--init-view ap|pa|lateral|right-lateral|auto`: a global pose search (`search.py`) about that standard view
+  (`XrayToDRRLib.pose.standard_view`, centred on the volume centre); `auto` searches AP, PA and both laterals.
+  With `--no-search`: the standard view itself, the source at the DICOM DistanceSourceToPatient when the file has
+  one, else at half the SDD.
 - `--init-dicom`: the C-arm angles of the DICOM file: PositionerPrimaryAngle (LAO +, RAO -, about the patient's
   long axis; 0 = beam from posterior to anterior, detector anterior) and PositionerSecondaryAngle (cranial +,
   caudal -) give the beam direction, DistanceSourceToPatient the source's distance from the isocentre (else
   SDD / EstimatedRadiographicMagnificationFactor, else SDD / 2). The isocentre is taken at the volume centre
   (a DICOM header does not relate the patient to the CT). Image rows run towards the patient's feet unless
-  PatientOrientation says otherwise. This inverts `XrayToDRRLib.dicom.positioner_angles`.
+  PatientOrientation says otherwise. This inverts `XrayToDRRLib.dicom.positioner_angles`. The global search runs
+  about that pose (distances are often missing, or refer to the isocentre, not the CT), unless `--no-search`.
 - `--init-landmarks POINTS.json`: at least 4 matching 2D/3D points,
       {"points": [{"pixel": [col, row], "ras": [x, y, z]}, ...]}
   with `pixel` the 0-based (column, row) of the X-ray file as stored (before --crop) and `ras` in the CT's RAS mm
@@ -44,6 +47,9 @@ from XrayToDRRLib.xray import Xray, find_dicom_value, read_dicom_dataset
 from .preprocess import PreparedXray
 
 KINDS = ("model", "pose", "view", "dicom", "landmarks")
+AUTO_VIEWS = ("ap", "pa", "lateral", "right-lateral")  # --init-view auto: the views a clinician could have taken
+VIEW_CHOICES = tuple(STANDARD_VIEWS) + ("auto",)
+SEARCHED = ("view", "dicom")  # initialisers that give a direction but no trustworthy distance or offset
 FLAGS = {"model": "--model", "pose": "--init-pose", "view": "--init-view", "dicom": "--init-dicom",
          "landmarks": "--init-landmarks"}
 
@@ -68,8 +74,8 @@ def choose_initializer(model=None, init_pose=None, init_view=None, init_dicom: b
         raise InputError(f"give exactly one initialiser (got {names})", None,
                          "pass one of --model, --init-pose, --init-view, --init-dicom, --init-landmarks")
     kind, value = given[0]
-    if kind == "view" and str(value).lower() not in STANDARD_VIEWS:
-        raise InputError(f"unknown view '{value}'", None, f"use --init-view {' | '.join(STANDARD_VIEWS)}")
+    if kind == "view" and str(value).lower() not in VIEW_CHOICES:
+        raise InputError(f"unknown view '{value}'", None, f"use --init-view {' | '.join(VIEW_CHOICES)}")
     if kind in ("pose", "landmarks", "model"):
         require_file(value, {"pose": "initial pose", "landmarks": "landmarks file", "model": "checkpoint"}[kind])
     return Initializer(kind, None if kind == "dicom" else str(value).lower() if kind == "view" else str(value))
@@ -83,7 +89,8 @@ def initial_pose(init: Initializer, prepared: PreparedXray, volume: sitk.Image, 
     if init.kind == "pose":
         pose = with_camera(detector, load_pose(init.value).world_from_camera)
     elif init.kind == "view":
-        pose = pose_from_view(init.value, volume, detector, distance_source_to_patient(prepared.xray))
+        view = AUTO_VIEWS[0] if init.value == "auto" else init.value
+        pose = pose_from_view(view, volume, detector, distance_source_to_patient(prepared.xray))
     elif init.kind == "dicom":
         pose = pose_from_dicom(prepared.xray, volume, detector)
     elif init.kind == "landmarks":
@@ -96,6 +103,14 @@ def initial_pose(init: Initializer, prepared: PreparedXray, volume: sitk.Image, 
     if warp is not None:
         pose = with_camera(pose, warp @ pose.world_from_camera)
     return check_initial_pose(pose, volume, init.value if init.kind == "pose" else None), info
+
+
+def nominal_poses(init: Initializer, start: Pose, volume: sitk.Image) -> dict[str, Pose]:
+    """View name -> the pose the global search turns about: every AUTO_VIEWS for `--init-view auto`, else the
+    initial pose itself (a standard view, or the DICOM's angles)."""
+    if init.kind == "view" and init.value == "auto":
+        return {view: pose_from_view(view, volume, start) for view in AUTO_VIEWS}
+    return {init.value if init.kind == "view" else "dicom": start}
 
 
 def with_camera(detector: Pose, world_from_camera) -> Pose:

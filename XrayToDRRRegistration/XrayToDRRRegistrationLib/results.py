@@ -11,8 +11,9 @@ One folder per X-ray (written whole, atomically):
 | `hq_drr.png` | the final DRR by `--renderer` (siddon/trilinear: DiffDRR; fast: FastRenderer at full resolution) |
 | `field.png` | the exposed-field mask the similarity used (only when part of the X-ray was excluded) |
 | `trajectory.csv` | one row per iteration: stage, scale, loss, learning rates, correction parameters, pose |
-| `metrics.json` | `ncc` (gt vs hq_drr), `ncc_init`, `loss`, `iterations`, `seconds`, `stopped` (converged, max_itrs, nan, init_only), ...; `xraytodrr evaluate` adds to it |
+| `metrics.json` | `ncc` (gt vs hq_drr), `ncc_init`, `loss`, `iterations`, `seconds`, `stopped` (converged, max_itrs, nan, init_only), `confidence` (confidence.py: the value, its factors and a `warning` when the result is probably wrong), `initializer` (which one ran; for the search its candidates and seconds), ...; `xraytodrr evaluate` adds to it |
 | `log.txt` | what happened, including a stop on a diverging (NaN) loss |
+| `candidates.json` | when the global search ran (`--init-view`, `--init-dicom`): its best distinct poses, best first, each with its search score, refined score and canonical pose |
 | `registration.png`, `registration.gif` | with --save-images: the evaluation figure and the animation |
 
 A folder of X-rays gives one such folder per X-ray (named after the file) and `summary.csv`.
@@ -46,7 +47,9 @@ LOG = "log.txt"
 FIGURE = "registration.png"
 ANIMATION = "registration.gif"
 SUMMARY = "summary.csv"
-SUMMARY_FIELDS = ["xray", "folder", "status", "error", "ncc", "ncc_init", "loss", "iterations", "seconds", "stopped"]
+SUMMARY_FIELDS = ["xray", "folder", "status", "error", "ncc", "ncc_init", "loss", "iterations", "seconds", "stopped",
+                  "confidence", "warning"]
+CANDIDATES = "candidates.json"
 
 
 def pose_entry(pose: Pose) -> dict:
