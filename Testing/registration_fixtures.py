@@ -82,3 +82,37 @@ def quick_result(tmp_path_factory, small_ct, small_ct_path):
     run_ok("register", xray, "--volume", small_ct_path, "-o", out, "--init-pose", folder / "init.json",
            "--max-n-itrs", "6", "--scales", "2,1", "--renderer", "fast", "--device", "cpu", "--progress", "none")
     return {"folder": out, "xray": xray, "true": true, "init": init, "ct": small_ct_path}
+
+
+def synthetic_body(spacing: float = 4.0, seed: int = 3) -> sitk.Image:
+    """A torso-like CT (HU) that is not the chest: a soft-tissue ellipsoid with a posterior spine, two air
+    ellipsoids and bone blobs at seeded, asymmetric places (so no view is its own mirror image)."""
+    rng = np.random.default_rng(seed)
+    n = (int(320 / spacing), int(240 / spacing), int(260 / spacing))            # (x, y, z) voxels
+    x, y, z = np.meshgrid(*[(np.arange(m) - (m - 1) / 2) * spacing for m in n], indexing="ij")
+    hu = np.full(n, -1000.0, np.float32)
+    hu[(x / 150) ** 2 + (y / 105) ** 2 + (z / 125) ** 2 < 1] = 30.0
+    for side in (-1, 1):
+        hu[((x - side * 60) / 45) ** 2 + ((y + 10) / 55) ** 2 + (z / 80) ** 2 < 1] = -800.0
+    hu[(x / 14) ** 2 + ((y - 70) / 14) ** 2 < 1] = 900.0                         # spine (posterior = +y in LPS)
+    for _ in range(9):
+        c = rng.uniform([-110, -70, -100], [110, 70, 100])
+        r = rng.uniform(8, 22, 3)
+        hu[((x - c[0]) / r[0]) ** 2 + ((y - c[1]) / r[1]) ** 2 + ((z - c[2]) / r[2]) ** 2 < 1] = rng.uniform(500, 1400)
+    img = sitk.GetImageFromArray(np.ascontiguousarray(hu.transpose(2, 1, 0)))
+    img.SetSpacing((spacing,) * 3)
+    img.SetOrigin(tuple(-(m - 1) / 2 * spacing for m in n))
+    return img
+
+
+def carm_pose(ct: sitk.Image, view: str, distance: float, tilt=(0.0, 0.0), spin: float = 0.0, shift=(0.0, 0.0),
+              size: int = 64, sdd: float = SDD) -> Pose:
+    """An ordinary C-arm pose: a standard view turned by `tilt`, spun by `spin` (degrees), the source `distance` mm
+    from the CT centre and the patient `shift` mm off the beam's axis."""
+    import dataclasses
+
+    from XrayToDRRRegistrationLib.search import camera
+
+    c = center_ras(ct)
+    nominal = standard_view(view, c, sdd, size, size, FOV / size, source_to_isocenter=distance)
+    return dataclasses.replace(nominal, world_from_camera=camera(nominal, c, tilt, spin, distance, shift))
