@@ -223,10 +223,27 @@ def test_pairs_accepts_a_folder_of_registration_folders_and_renders_fast_hq_by_d
     assert np.corrcoef(read_png(drr).ravel(), siddon.ravel())[0, 1] >= 0.99
 
 
+def test_pairs_skip_registrations_below_min_confidence_unless_told_otherwise(tmp_path, registrations, small_ct_path):
+    root, poses = registrations
+    doubtful = make_registration_folder(tmp_path / "doubtful", small_ct_path, poses["case0"], 0.9, extra_metrics={
+        "confidence": {"confidence": 0.2, "warning": "low confidence 0.20: ..."}})
+    trusted = make_registration_folder(tmp_path / "trusted", small_ct_path, poses["case2"], 0.9,
+                                       extra_metrics={"confidence": {"confidence": 0.8, "warning": ""}})
+    common = ("--device", "cpu", "--progress", "none", doubtful, trusted, root / "case1")
+    result = run_cli("pairs", "-o", tmp_path / "default", *common)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "default" / "drr").iterdir()) == ["case1.png", "trusted.png"]
+    rows = {r["name"]: r for r in csv.DictReader(open(tmp_path / "default" / "pairs.csv"))}
+    assert rows["doubtful"]["status"] == "dropped" and rows["doubtful"]["reason"] == "confidence 0.200 < 0.5"
+    assert rows["case1"]["status"] == "kept"  # written before confidences existed: kept
+    result = run_cli("pairs", "-o", tmp_path / "all", "--min-confidence", "0", *common)
+    assert result.exit_code == 0 and len(list((tmp_path / "all" / "drr").iterdir())) == 3
+
+
 @pytest.mark.parametrize("case, message", [
     ("not a registration folder", "no pose.json"),
     ("missing metrics", "lacks metrics.json"),
-    ("all below", "all 1 case(s) have NCC below"),
+    ("all below", "all 1 case(s) were dropped by --min-ncc"),
     ("output inside input", "inside the input"),
 ])
 def test_pairs_bad_input_exits_2_and_writes_nothing(tmp_path, registrations, case, message):

@@ -533,10 +533,11 @@ class XrayToDRRTranslationLogic(ScriptedLoadableModuleLogic):
     # --- verbs -----------------------------------------------------------------------------------------------------
     def buildPairs(self, registrationFolders, outputFolder=None, minNcc: Optional[float] = None,
                    masked: bool = False, useReviews: bool = True, renderer: str = "fast", mode: str = "hq",
-                   wait: bool = True):
+                   minConfidence: float = 0.5, wait: bool = True):
         """Aligned (X-ray, DRR) pairs from registration output folders (`xraytodrr pairs`): a list, or a string
         separated by ';'; each a registration folder or a folder of them. useReviews: rejected folders are left out
         and accepted poses are used (see `reviewedInputs`). renderer: fast (`mode` hq | full) | siddon | trilinear.
+        minConfidence: registrations whose confidence is below it are left out (listed in pairs.csv; 0 keeps all).
         Default output: a new temporary folder. Returns (output folder, table node of pairs.csv)."""
         from XrayToDRRTranslationLib.mrml import csv_to_table_node
 
@@ -550,7 +551,8 @@ class XrayToDRRTranslationLogic(ScriptedLoadableModuleLogic):
 
             raise InputError("every registration folder was rejected in review", None, "accept some registrations")
         out = _abs(outputFolder) if outputFolder else folder / "pairs"
-        args = ["pairs", "-o", out, "--device", self.device, "--renderer", renderer, "--mode", mode]
+        args = ["pairs", "-o", out, "--device", self.device, "--renderer", renderer, "--mode", mode,
+                "--min-confidence", minConfidence]
         if minNcc is not None:
             args += ["--min-ncc", minNcc]
         if masked:

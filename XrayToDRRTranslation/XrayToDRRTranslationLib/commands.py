@@ -12,6 +12,8 @@ import typer
 from XrayToDRRLib.cli import DeviceOption, ProgressOption, app, verb
 from XrayToDRRLib.errors import InputError
 
+from .pairs import DEFAULT_MIN_CONFIDENCE
+
 translate = typer.Typer(help="Learn X-ray -> DRR translation (pix2pix): train, predict, evaluate.",
                         no_args_is_help=True)
 app.add_typer(translate, name="translate")
@@ -42,6 +44,9 @@ def pairs_verb(
         show_default=False)] = None,
     min_ncc: Annotated[Optional[float], typer.Option(
         "--min-ncc", help="drop cases registered with an NCC below this (listed in the output and pairs.csv)")] = None,
+    min_confidence: Annotated[float, typer.Option(
+        "--min-confidence", help="drop cases whose registration confidence is below this (0: keep all; default: "
+                                 "the level below which register warns)")] = DEFAULT_MIN_CONFIDENCE,
     masked: Annotated[bool, typer.Option(
         "--masked", help="render the DRR from the registration's mask labels only (default: the whole CT)")] = False,
     volumes: Annotated[Optional[tuple[Path, Path]], typer.Option(
@@ -64,7 +69,7 @@ def pairs_verb(
     if use_volumes:
         report = pairs_from_volumes(volumes[0], volumes[1], output, axis=axis.value, progress=progress)
     elif folders:
-        report = build_pairs(folders, output, min_ncc=min_ncc, masked=masked, device=device, progress=progress,
+        report = build_pairs(folders, output, min_ncc=min_ncc, min_confidence=min_confidence, masked=masked, device=device, progress=progress,
                              renderer=renderer, mode=mode)
     else:
         raise InputError("no inputs", None, "give registration output folders, or --volumes INPUT TARGET")

@@ -11,7 +11,10 @@ volume at the final pose, same size, 16-bit scaled 0..max like `xraytodrr drr`, 
 the fast renderer's HQ mode, NCC >= 0.99 with Siddon; `renderer="siddon"` for exact ones), NAME = the registration
 folder's name (its parent's name is prefixed when two folders share a name), and OUT/pairs.csv: one row per case
 with status kept | dropped, the reason, source files, registration metrics and the pose. With `min_ncc`, cases whose
-NCC is below it are dropped: listed in the CSV and the report, never silently. By default the DRR is rendered from
+NCC is below it are dropped: listed in the CSV and the report, never silently; likewise cases whose registration
+confidence (metrics.json `confidence`, see XrayToDRRRegistrationLib/confidence.py) is below `min_confidence`
+(default: the registration's own warning threshold, 0.5; results written before confidences existed are kept,
+and the log says they carry none). By default the DRR is rendered from
 the whole CT; `masked` renders only the settings' mask labels (as registration rendered them).
 
 `pairs_from_volumes` cuts two volumes on the same grid (e.g. MRI -> CT) into slices along an index axis:
@@ -65,6 +68,19 @@ class Case:
             return float(value) if value is not None else None
         except (TypeError, ValueError):
             return None
+
+
+    @property
+    def confidence(self) -> float | None:
+        value = self.metrics.get("confidence")
+        value = value.get("confidence") if isinstance(value, dict) else value
+        try:
+            return float(value) if value is not None else None
+        except (TypeError, ValueError):
+            return None
+
+
+DEFAULT_MIN_CONFIDENCE = 0.5  # confidence.WARN_BELOW: the registration warned about anything below it
 
 
 @dataclasses.dataclass
@@ -145,7 +161,7 @@ def _unique_names(cases: list[Case]) -> None:
 
 def build_pairs(folders: list[str | Path], output: str | Path, min_ncc: float | None = None, masked: bool = False,
                 device: str = "auto", progress: Progress | None = None, renderer: str = "fast",
-                mode: str = "hq") -> PairsReport:
+                mode: str = "hq", min_confidence: float = DEFAULT_MIN_CONFIDENCE) -> PairsReport:
     """(X-ray, DRR) pairs from registration output folders (see the module docstring)."""
     from XrayToDRRLib.drr_engine import DRREngine, check_engine
     from XrayToDRRLib.render import label_mask
@@ -167,10 +183,18 @@ def build_pairs(folders: list[str | Path], output: str | Path, min_ncc: float | 
                 dropped.append({"name": c.name, "reason": f"NCC {c.ncc:.4f} < {min_ncc}"})
                 progress.log(f"dropped {c.name}: NCC {c.ncc:.4f} below --min-ncc {min_ncc}")
                 continue
+        if c.confidence is None:
+            progress.log(f"{c.name}: its registration records no confidence (written by an older version): kept")
+        elif c.confidence < min_confidence:
+            dropped.append({"name": c.name, "reason": f"confidence {c.confidence:.3f} < {min_confidence}"})
+            progress.log(f"dropped {c.name}: registration confidence {c.confidence:.3f} below --min-confidence "
+                         f"{min_confidence} (see its metrics.json warning)")
+            continue
         kept.append(c)
     if not kept:
-        raise InputError(f"all {len(cases)} case(s) have NCC below --min-ncc {min_ncc} "
-                         f"({', '.join(d['name'] for d in dropped[:8])})", None, "lower --min-ncc")
+        raise InputError(f"all {len(cases)} case(s) were dropped by --min-ncc / --min-confidence "
+                         f"({'; '.join(d['name'] + ': ' + d['reason'] for d in dropped[:8])})", None,
+                         "review those registrations, or lower --min-ncc / --min-confidence")
     for c in kept:
         require_file(c.volume, f"CT volume of {c.folder}")
         if masked and c.mask is not None:
