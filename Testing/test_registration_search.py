@@ -122,3 +122,21 @@ def test_bad_search_options_exit_2_and_write_nothing(name, small_ct_path, small_
     assert result.exit_code == 2 and message in result.output, result.output
     assert not (tmp_path / "out").exists()
     assert listing(tmp_path / "in") == ["x.dcm", "x.pose.json"]
+
+
+@pytest.mark.slow
+def test_init_dicom_searches_about_the_carm_angles_when_the_distance_is_20_percent_wrong(small_ct_path, small_ct,
+                                                                                         tmp_path):
+    import pydicom
+
+    true = carm_pose(small_ct, "ap", 760.0, (12.0, -8.0), 0.0, (15.0, 10.0))
+    xray = simulated_xray(small_ct, true, tmp_path / "x.dcm", seed=6)
+    ds = pydicom.dcmread(xray)
+    ds.DistanceSourceToPatient = round(float(ds.DistanceSourceToPatient) * 1.2, 1)
+    del ds.EstimatedRadiographicMagnificationFactor
+    ds.save_as(xray)
+    run_ok("register", xray, "--volume", small_ct_path, "-o", tmp_path / "out", "--init-dicom", *FAST)
+    final = pose_errors(true, load_pose(tmp_path / "out" / R.POSE), bone_points(small_ct), center_ras(small_ct))
+    assert final["rotation_deg"] < 1.5 and final["mrpe_mm"] < 2.5 and final["mtre_mm"] < 10.0, final
+    metrics = json.loads((tmp_path / "out" / R.METRICS).read_text())
+    assert metrics["initializer"]["search"]["views"] == ["dicom"]
