@@ -89,6 +89,9 @@ def test_init_only_writes_the_searchs_best_pose_and_auto_searches_four_views(sma
     best = metrics["initializer"]["search"]["candidates"][0]
     assert metrics["initializer"]["search"]["views"] == ["ap", "pa", "lateral", "right-lateral"]
     assert best["view"] == "lateral" and metrics["stopped"] == "init_only"
+    listed = metrics["initializer"]["search"]["candidates"]
+    assert {c["view"] for c in listed} == {"ap", "pa", "lateral", "right-lateral"}  # every view to compare with
+    assert len(listed) == 4 + 3
     pose = load_pose(tmp_path / "out" / R.POSE)
     assert np.allclose(pose.world_from_camera, best["pose"]["world_from_camera"])
     assert pose_errors(true, pose, bone_points(small_ct), center_ras(small_ct))["mtre_mm"] < 25.0

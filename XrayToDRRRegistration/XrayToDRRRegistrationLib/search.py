@@ -58,7 +58,7 @@ class SearchSettings:
     distance_mm: tuple[float, float] = (500.0, 1100.0)
     shift_mm: float = 60.0
     pixels: int = 48
-    top_k: int = 4
+    top_k: int = 4  # with several views (auto) the best of each other view is added
 
     def check(self) -> None:
         lo, hi = self.distance_mm
@@ -287,28 +287,39 @@ def search_pose(renderer: FastRenderer, prepared: PreparedXray, nominal: dict[st
 
 def _distinct(best_score, best_index, jobs, references, scales, spins, size, pixel, nominal, center, detector,
               top_k: int, max_looked: int = 4000) -> list[Candidate]:
-    """The `top_k` best hypotheses that are distinct poses (greedy non-maximum suppression)."""
+    """The best hypotheses that are distinct poses (greedy non-maximum suppression): `top_k`, and with several views
+    the best of each view on top of them, so a clinician can compare e.g. AP with PA."""
     n_spin = len(spins)
     order = torch.argsort(best_score.flatten(), descending=True)[:max_looked].tolist()
-    chosen: list[Candidate] = []
     sdd = detector.sdd
-    for flat in order:
+
+    def candidate(flat: int) -> Candidate:
         job, t = divmod(flat, best_score.shape[1])
         view, tilt, r = jobs[job]
         k, spin = scales[t // n_spin], spins[t % n_spin]
-        idx = int(best_index[job, t])
-        dy, dx = divmod(idx, size)
+        dy, dx = divmod(int(best_index[job, t]), size)
         dy, dx = (dy - size if dy > size // 2 else dy), (dx - size if dx > size // 2 else dx)
         d_ref = references[r]
         shift = (dx * pixel * d_ref / sdd, dy * pixel * d_ref / sdd)
         m = camera(nominal[view], center, tilt, float(spin), float(k * d_ref), shift)
-        cand = Candidate(dataclasses.replace(detector, world_from_camera=m), view, tuple(tilt), float(spin),
+        return Candidate(dataclasses.replace(detector, world_from_camera=m), view, tuple(tilt), float(spin),
                          float(k * d_ref), shift, float(best_score[job, t]))
+
+    views = list(nominal)
+    chosen: list[Candidate] = []
+    if len(views) > 1:
+        for view in views:
+            flat = next((f for f in order if jobs[f // best_score.shape[1]][0] == view), None)
+            if flat is not None:
+                chosen.append(candidate(flat))
+    wanted = len(chosen) + top_k - (1 if chosen else 0)
+    for flat in order:
+        if len(chosen) >= wanted:
+            break
+        cand = candidate(flat)
         if all(not _same_basin(cand, other, center) for other in chosen):
             chosen.append(cand)
-            if len(chosen) == top_k:
-                break
-    return chosen
+    return sorted(chosen, key=lambda c: -c.score)
 
 
 def pose_distance(a: Pose, b: Pose, center, radius: float = 100.0) -> float:
