@@ -29,6 +29,9 @@ CATEGORIES = ("mrml-class", "mrml-method", "slicer-util", "scripted-module", "pa
 NODE_FACTORIES = {"AddNewNodeByClass", "CreateNodeByClass", "GetFirstNodeByClass", "GetNthNodeByClass",
                   "GetSingletonNode", "_add"}
 SLICER_MODULES = {"util", "app", "mrmlScene", "modules", "ScriptedLoadableModule", "parameterNodeWrapper"}
+# Parameters named like this hold a node of this class or of a subclass (the modules' naming convention).
+PARAMETER_SUFFIXES = {"VolumeNode": "vtkMRMLVolumeNode", "volumeNode": "vtkMRMLVolumeNode",
+                      "TransformNode": "vtkMRMLTransformNode", "poseNode": "vtkMRMLTransformNode"}
 ALWAYS = {"connect", "disconnect", "setProperty", "property", "className", "__class__"}  # PythonQt, any QObject
 DYNAMIC_UI_PROPERTIES = {"SlicerParameterName", "SlicerPackParameterName"}  # read by parameterNodeWrapper
 
@@ -291,6 +294,9 @@ class ModuleChecker(ast.NodeVisitor):
         for arg in node.args.args + node.args.kwonlyargs:
             if arg.arg in ("scene", "mrmlScene"):
                 self.types.names[arg.arg] = ("scene",)
+            suffix = next((s for s in PARAMETER_SUFFIXES if arg.arg.endswith(s)), None)
+            if suffix:
+                self.types.names[arg.arg] = ("vtk", vtk_class(PARAMETER_SUFFIXES[suffix]), False)
         self.generic_visit(node)
         self.types = saved
 
