@@ -630,7 +630,20 @@ def check_parameter_node(path: Path, ui_path: Path) -> list[Problem]:
         if not any(cls in c["widgets"] and value_kinds <= set(c["types"]) for c in wrapper["connectors"]):
             problems.append(Problem("widget-binding", where, f"{field} ({ast.unparse(annotation)}) is bound to "
                                                              f"{widget}, a {cls}: no GUI connector binds that"))
+        held = [vtk_class(t) for t in _field_types(annotation) if t.startswith("vtkMRML")]
+        offered = [vtk_class(t) for t in node_types(ui_path).get(widget, [])]
+        wrong = [c.__name__ for c in offered if c is not None and not any(issubclass(c, h) for h in held if h)]
+        if wrong:
+            problems.append(Problem("widget-binding", where, f"{widget} offers {', '.join(wrong)}, which {field} "
+                                                             f"({ast.unparse(annotation)}) cannot hold"))
     return problems
+
+
+def node_types(ui_path: Path) -> dict[str, list[str]]:
+    """The nodeTypes each node selector of a .ui offers: widget name -> class names."""
+    return {w.get("name"): [s.text for p in w.findall("property") if p.get("name") == "nodeTypes"
+                            for s in p.iter("string")]
+            for w in ET.parse(ui_path).getroot().iter("widget") if w.get("class") == "qMRMLNodeComboBox"}
 
 
 def ui_bindings(ui_path: Path) -> dict[str, tuple[str, str]]:
@@ -660,6 +673,9 @@ def check_ui(ui_path: Path) -> list[Problem]:
         for prop in w.findall("property"):
             if prop.get("name") not in allowed:
                 problems.append(Problem("ui-property", where, f"{cls} has no property {prop.get('name')}"))
+    for name, offered in node_types(ui_path).items():
+        problems += [Problem("ui-property", f"{ui_path.name}:{name}", f"nodeTypes names {c}, not an MRML class")
+                     for c in offered if vtk_class(c) is None or not issubclass(vtk_class(c), slicer.vtkMRMLNode)]
     for declared in root.iter("customwidget"):
         cls = declared.findtext("class")
         if cls not in plugins:

@@ -7,7 +7,7 @@ from typing import Annotated
 import qt
 import SampleData
 import slicer
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLVolumeNodeX  # wrong: mrml-class
+from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLVolumeNodeX  # wrong: mrml-class
 from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper, RangeWithin  # wrong: parameter-wrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
@@ -32,6 +32,7 @@ class WrongModuleParameterNode:
     threshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     iterations: float = 3.0  # wrong: widget-binding (bound to a QSpinBox, whose connector binds int only)
     weights: set = set()  # wrong: parameter-type
+    mask: vtkMRMLLabelMapVolumeNode  # wrong: widget-binding (its selector offers model nodes)
 
 
 class WrongModuleWidget(ScriptedLoadableModuleWidget):
