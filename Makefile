@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PIP := $(PY) -m pip install --disable-pip-version-check -c constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench gpu-check clean install
+.PHONY: demo test bench gpu-check clean install screenshots
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/prepare.py
 	$(PY) bench/render.py
+
+# The README's pictures of the panels' results (Resources/Screenshots/), drawn by slicer-core's MRML code.
+screenshots: $(STAMP)
+	$(PY) Resources/screenshots.py
 
 # On a CUDA machine: the CPU-vs-CUDA backend tests, then the render benchmark with the GPU rows.
 gpu-check: $(STAMP)

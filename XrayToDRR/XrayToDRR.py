@@ -36,8 +36,6 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-README_URL = "https://github.com/xraytodrr/SlicerXrayToDRR#3d-slicer"
-
 
 def _addSourceTreeLibs() -> list[str]:
     """Make the engine importable from the source tree when it is not pip-installed: the Lib folders of this module
@@ -71,7 +69,7 @@ class XrayToDRR(ScriptedLoadableModule):
 Prepare a CT (clean labels, crop, coregister, centre and resample), import 2D X-rays with their detector geometry
 (SDD, pixel spacing) and render DRRs at a C-arm pose, shown on the detector plane over the X-ray.
 Long steps run in the background and can be cancelled.
-See the <a href="{README_URL}">XrayToDRR documentation</a>.
+Documentation: the "3D Slicer" section of README.md in the XrayToDRR source (no public home yet).
 """
         self.parent.acknowledgementText = """
 XrayToDRR renders DRRs with DiffDRR (V. Gopalakrishnan and P. Golland) and uses SimpleITK, pydicom and PyTorch.

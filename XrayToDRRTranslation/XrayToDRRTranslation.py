@@ -33,8 +33,6 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-README_URL = "https://github.com/xraytodrr/SlicerXrayToDRR#3d-slicer"
-
 
 def _xrayToDRRModule():
     """The XrayToDRR module file (background tasks, dependencies, shared Logic helpers): imported by name in
@@ -89,7 +87,7 @@ class XrayToDRRTranslation(ScriptedLoadableModule):
 Learn to translate X-rays into DRR-like images (pix2pix): build aligned (X-ray, DRR) pairs from accepted
 registrations, augment them, train in the background (progress, losses, sample images, cancel, resume), predict
 on an X-ray volume (shown over or beside it) and evaluate on held-out pairs (PSNR, SSIM, MAE, figures).
-See the <a href="{README_URL}">XrayToDRR documentation</a>.
+Documentation: the "3D Slicer" section of README.md in the XrayToDRR source (no public home yet).
 """
         self.parent.acknowledgementText = """
 pix2pix: P. Isola, J.-Y. Zhu, T. Zhou, A. A. Efros, Image-to-Image Translation with Conditional Adversarial

@@ -14,6 +14,7 @@ from enum import Enum
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from .errors import InputError
 from .progress import JsonLinesProgress, Progress, make_progress
@@ -57,6 +58,39 @@ def parse_labels(values: list[str] | None) -> list[int] | None:
                          "e.g. --labels 1,2") from None
 
 
+class SpreadValuesCommand(TyperCommand):
+    """A verb whose repeatable options also take the words after them: `--pose a.json b.json` (what the shell makes
+    of `--pose poses/*.json`) means `--pose a.json --pose b.json`, `--labels 1 2` means `--labels 1 --labels 2`.
+    Only in verbs without positional arguments, where such words could mean nothing else."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, spread_values(args, self.spread_options()))
+
+    def spread_options(self) -> set[str]:
+        # param_type_name / multiple: click's Parameter attributes (Typer ships its own copy of click's classes)
+        if any(p.param_type_name == "argument" for p in self.params):
+            return set()
+        return {name for p in self.params if p.param_type_name == "option" and p.multiple for name in p.opts}
+
+
+def spread_values(args: list[str], options: set[str]) -> list[str]:
+    """Repeat the option before each extra word that follows its value, up to the next option (or `--`)."""
+    out, option, value_next = [], None, False
+    for arg in args:
+        if arg == "--":
+            option = None
+        elif arg.startswith("-") and arg != "-":
+            name = arg.split("=", 1)[0]
+            option = name if name in options else None
+            value_next = option is not None and "=" not in arg
+        elif value_next:
+            value_next = False
+        elif option:
+            out.append(option)
+        out.append(arg)
+    return out
+
+
 def verb(name: str | None = None, description: str = "", group: typer.Typer | None = None):
     """Register a CLI verb. A function taking `progress: ProgressOption` receives a Progress object instead of
     the mode, and whatever it returns (output paths) is reported as the `done` event."""
@@ -79,7 +113,7 @@ def verb(name: str | None = None, description: str = "", group: typer.Typer | No
                 reporter.emit("done", outputs=_as_outputs(result))
             return result
 
-        (group or app).command(name)(wrapper)
+        (group or app).command(name, cls=SpreadValuesCommand)(wrapper)
         return fn
 
     return decorate

@@ -13,6 +13,7 @@ from .cli import LabelsOption, ProgressOption, parse_labels, verb
 from .coregister import coregister
 from .crop import crop
 from .errors import InputError
+from .file_lists import volume_files
 from .prepare import prepare
 from .progress import JsonLinesProgress
 from .segmentation import clean_seg
@@ -67,7 +68,8 @@ def crop_cmd(
 
 @verb("coregister", "Coregistering")
 def coregister_cmd(
-    cts: Annotated[list[Path], typer.Argument(help="CT volumes to register to the reference")],
+    cts: Annotated[list[Path], typer.Argument(help="CT volumes to register to the reference, or folders of NIfTI/NRRD "
+                                                   "volumes (a DICOM folder is one CT)")],
     reference: Annotated[Path, typer.Option("--reference", help="reference CT (fixed image)")],
     output: Annotated[Path, typer.Option("-o", "--output", help="folder for <ct>.nii.gz/.tfm/_checkerboard.png "
                                                                 "and metrics.csv")],
@@ -76,7 +78,7 @@ def coregister_cmd(
 ):
     """Rigid (optionally then affine) mutual-information registration of each CT to a reference CT."""
     _folder(output)
-    return coregister(reference, cts, output, affine, progress)
+    return coregister(reference, volume_files(cts), output, affine, progress)
 
 
 @verb("center", "Centring")

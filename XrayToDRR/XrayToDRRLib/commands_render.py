@@ -11,6 +11,7 @@ from .cli import DeviceOption, LabelsOption, ProgressOption, parse_labels, verb
 from .drr_engine import DRREngine, check_engine
 from .errors import InputError
 from .fast_render import MODES
+from .file_lists import pose_files
 from .images import IMAGE_SUFFIXES, save_image, suffix_of
 from .pose import load_pose
 from .render import label_mask
@@ -20,7 +21,8 @@ from .volumes import read_labels, read_volume
 @verb("drr", "Rendering DRRs")
 def drr(
     volume: Annotated[Path, typer.Option("--volume", help="CT volume (NIfTI, NRRD or DICOM folder)")],
-    pose: Annotated[list[Path], typer.Option("--pose", help="pose.json or registration parameters.pt; repeat for many")],
+    pose: Annotated[list[Path], typer.Option("--pose", help="pose.json or registration parameters.pt; many after one "
+                                                            "--pose (poses/*.json), or a folder of them")],
     output: Annotated[Path, typer.Option("-o", "--output", help="image file (.png/.nii.gz/.npy), or a folder for many poses")],
     height: Annotated[Optional[int], typer.Option(help="detector rows (default: the pose's)")] = None,
     width: Annotated[Optional[int], typer.Option(help="detector columns (default: keep aspect)")] = None,
@@ -39,6 +41,7 @@ def drr(
 ):
     """Render the DRR of a CT at one or many poses (pose.json or a registration result)."""
     check_engine(renderer, mode)
+    pose = pose_files(pose)
     poses = [load_pose(p) for p in pose]
     poses = [_override(p, height, width, delx, sdd) for p in poses]
     many = len(poses) > 1 or output.is_dir() or not suffix_of(output)

@@ -293,7 +293,27 @@ def show_overlay(scene, background, foreground=None, opacity: float = 0.5, view:
         slice_node = scene.GetNthNodeByClass(n, "vtkMRMLSliceNode")
         if slice_node.GetLayoutName() == view and background is not None:
             slice_node.RotateToVolumePlane(background)
+            if _is_one_slice(background):
+                face_image_plane(slice_node, background)
     return composite
+
+
+def _is_one_slice(node) -> bool:
+    image = node.GetImageData()
+    return image is not None and image.GetDimensions()[2] == 1
+
+
+def face_image_plane(slice_node, node) -> None:
+    """Show a one-slice volume (X-ray, DRR) as its file shows it: first row at the top, first column at the left.
+    RotateToVolumePlane finds the plane but may turn it upside down (it did for an AP X-ray on its detector)."""
+    directions = np.zeros((3, 3))
+    node.GetIJKToRASDirections(directions)
+    axes = np.column_stack([directions[:, 0], -directions[:, 1], directions[:, 2]])  # view y is up, rows go down
+    slice_to_ras = slice_node.GetSliceToRAS()
+    for r in range(3):
+        for c in range(3):
+            slice_to_ras.SetElement(r, c, float(axes[r, c]))
+    slice_node.UpdateMatrices()
 
 
 def sitk_transform_to_transform_node(transform, scene, name: str):

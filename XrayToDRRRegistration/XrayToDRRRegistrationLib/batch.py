@@ -354,16 +354,22 @@ def _check_output(output: Path, many: bool) -> None:
                          output, "give a new folder, or an earlier registration's folder to replace")
 
 
-def register(xray: str | Path, options: RegistrationOptions, init: Initializer, output: str | Path,
-             progress: Progress | None = None) -> list[Path]:
-    """Register one X-ray (into `output`) or every X-ray of a folder (into `output`/<name>/, with summary.csv)."""
+def register(xray: str | Path | list[str | Path], options: RegistrationOptions, init: Initializer,
+             output: str | Path, progress: Progress | None = None) -> list[Path]:
+    """Register one X-ray (into `output`), or several: a list of X-ray files and folders of them, every X-ray of
+    each folder (into `output`/<name>/, with summary.csv)."""
     progress = progress or Progress()
-    xray, output = require_file(xray, "X-ray"), Path(output)
-    many = xray.is_dir()
-    files = find_xrays(xray, options.pattern) if many else [xray]
+    paths = [require_file(p, "X-ray") for p in ([xray] if isinstance(xray, (str, Path)) else xray)]
+    if not paths:
+        raise InputError("no X-ray given", None, "give X-ray files or a folder of them")
+    xray, output = paths[0], Path(output)
+    many = len(paths) > 1 or xray.is_dir()
+    files = [f for p in paths for f in (find_xrays(p, options.pattern) if p.is_dir() else [p])]
     if many and not files:
         raise InputError(f"no X-ray files{' matching ' + repr(options.pattern) if options.pattern else ''}", xray,
                          "point to a folder of X-rays (.dcm, .png, ...) or pass --pattern")
+    if len(set(result_names(files))) != len(files):
+        raise InputError("two X-rays have the same file name", xray, "give X-rays with distinct file names")
     _check_output(output, many)
     session = Session(options, init)
     if not many:

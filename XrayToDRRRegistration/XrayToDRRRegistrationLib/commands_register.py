@@ -29,8 +29,8 @@ def _itrs(text: str) -> list[int] | int:
 
 @verb("register", "Registering")
 def register(
-    xray: Annotated[Path, typer.Argument(help="X-ray file (DICOM, PNG + --sdd/--pixel-spacing, NIfTI), or a folder "
-                                              "of them (one result folder each + summary.csv)")],
+    xray: Annotated[list[Path], typer.Argument(help="X-ray file (DICOM, PNG + --sdd/--pixel-spacing, NIfTI); several, "
+                                                    "or folders of them: one result folder each + summary.csv")],
     volume: Annotated[Path, typer.Option("--volume", help="CT volume (NIfTI, NRRD or DICOM folder)")],
     output: Annotated[Path, typer.Option("-o", "--output", help="result folder (for a folder of X-rays: the parent "
                                                                 "of one folder per X-ray)")],
