@@ -135,7 +135,10 @@ class XrayToDRRRegistrationParameterNode:
     # registration
     initialization: Annotated[str, Choice(["model", "pose", "view", "dicom", "landmarks"])] = "model"
     initPose: vtkMRMLLinearTransformNode
-    initView: Annotated[str, Choice(["ap", "pa", "lateral"])] = "ap"
+    initView: Annotated[str, Choice(["ap", "pa", "lateral", "right-lateral", "auto"])] = "ap"
+    searchView: Annotated[str, Choice(["auto", "ap", "pa", "lateral", "right-lateral"])] = "auto"
+    searchTopK: Annotated[int, WithinRange(1, 20)] = 4
+    candidate: vtkMRMLLinearTransformNode
     xrayLandmarks: vtkMRMLMarkupsFiducialNode
     ctLandmarks: vtkMRMLMarkupsFiducialNode
     registrationFolder: Path
@@ -297,12 +300,14 @@ class XrayToDRRRegistrationWidget(TaskRunnerMixin, ScriptedLoadableModuleWidget,
 
         self.setupTaskRunner([self.ui.trainButton, self.ui.resumeTrainingButton, self.ui.finetuneButton,
                               self.ui.registerButton, self.ui.refineButton, self.ui.evaluateButton,
-                              self.ui.view3dButton, self.ui.animateButton])
+                              self.ui.view3dButton, self.ui.animateButton, self.ui.findPoseButton])
         self.ui.modelFromXrayButton.connect("clicked(bool)", self.onModelFromXray)
         self.ui.trainButton.connect("clicked(bool)", self.onTrain)
         self.ui.resumeTrainingButton.connect("clicked(bool)", self.onResumeTraining)
         self.ui.finetuneButton.connect("clicked(bool)", self.onFinetune)
         self.ui.registerButton.connect("clicked(bool)", self.onRegister)
+        self.ui.findPoseButton.connect("clicked(bool)", self.onFindPose)
+        self.ui.useCandidateButton.connect("clicked(bool)", self.onUseCandidate)
         self.ui.refineButton.connect("clicked(bool)", self.onRefine)
         self.ui.acceptButton.connect("clicked(bool)", lambda checked=False: self.onDecision("accept"))
         self.ui.rejectButton.connect("clicked(bool)", lambda checked=False: self.onDecision("reject"))
@@ -425,9 +430,57 @@ class XrayToDRRRegistrationWidget(TaskRunnerMixin, ScriptedLoadableModuleWidget,
         self.updateComparison(True)
         self._showMetrics(table)
         self._showFigure()
+        self._warnIfDoubtful(p.registrationFolder)
         slicer.util.resetSliceViews()
         if p.livePreview:
             self.onLivePreview(True)
+
+    def _warnIfDoubtful(self, folder) -> None:
+        """A registration that is probably wrong says so (the engine's confidence warning), never looks like a
+        success."""
+        from XrayToDRRRegistrationLib.mrml import confidence_of
+
+        confidence, warning = confidence_of(_path(folder))
+        if warning:
+            self.ui.metricsLabel.text = f"WARNING: {warning}\n" + self.ui.metricsLabel.text
+            slicer.util.warningDisplay(warning, windowTitle="XrayToDRR: registration probably wrong")
+
+    def onFindPose(self, checked=False) -> None:
+        p = self._parameterNode
+        self._start(self.ui.findPoseButton, lambda: self.logic.findPose(
+            p.xrayVolume, p.ctVolume, view=p.searchView, topK=p.searchTopK, wait=False), self._posesFound)
+
+    def _posesFound(self, result) -> None:
+        nodes, table = result
+        p = self._parameterNode
+        p.candidate = nodes[0] if nodes else None
+        lines = [node.GetName() for node in nodes]
+        self.ui.candidatesLabel.text = "\n".join(lines) or "no candidate"
+        if nodes:
+            self._reviewCandidate(nodes[0])
+
+    def _reviewCandidate(self, node) -> None:
+        """Review a candidate as a result: the live preview DRR at its pose over the X-ray (sliders, NCC)."""
+        p = self._parameterNode
+        self._closeReview()
+        for name in REVIEW_VALUES:
+            setattr(p, name, 0.0)
+        self._result = None
+        p.resultPose = node
+        p.registrationFolder = Path(node.GetAttribute(FOLDER))
+        if p.livePreview:
+            self.onLivePreview(True)
+        else:
+            p.livePreview = True  # the checkbox's binding starts the review
+
+    def onUseCandidate(self, checked=False) -> None:
+        p = self._parameterNode
+        if p.candidate is None:
+            slicer.util.errorDisplay("Find pose first, then choose a candidate.", windowTitle="XrayToDRR")
+            return
+        p.initialization = "pose"
+        p.initPose = p.candidate
+        self._reviewCandidate(p.candidate)
 
     def onRegister(self, checked=False) -> None:
         p = self._parameterNode
@@ -887,11 +940,12 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
                  collimator: str = "auto", similarity: str = "gmncc", scales: str = "auto", lrRot: float = 1e-2,
                  lrXyz: float = 1.0, patience: int = 8, maxIterations: int = 200, renderer: str = "siddon",
                  saveImages: bool = False, devices: Optional[str] = None, extraArgs=None, name: Optional[str] = None,
-                 opacity: float = 0.5, wait: bool = True):
+                 opacity: float = 0.5, wait: bool = True, onDone=None):
         """Register the X-ray node (or an X-ray file, or a folder of them) to the CT node (`xraytodrr register`),
         initialised by exactly one of: `model`
         (pose-model checkpoint), `initPose` (a pose transform node, e.g. the current one, or a pose file),
-        `initView` ('ap' | 'pa' | 'lateral'), `initDicom` (the X-ray's C-arm angles), `landmarks` (a pair of
+        `initView` ('ap' | 'pa' | 'lateral' | 'right-lateral' | 'auto': the global pose search about that view),
+        `initDicom` (the search about the X-ray's C-arm angles), `landmarks` (a pair of
         markups point lists (on the X-ray, on the CT), or a JSON file). `segmentationNode`/`labels` restrict the
         DRR to those labels. `devices`: the job's --device (default: the module's device); a folder runs one
         worker process per listed device ('cuda:0,cuda:1', 'cpu,cpu'), 'auto' uses every GPU. `extraArgs`: further
@@ -900,7 +954,8 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
         Returns (pose transform node, DRR node on the detector plane over the X-ray, metrics table node); the pose
         node references them ('XrayToDRR.drr', 'XrayToDRR.xray', 'XrayToDRR.metrics') and keeps the output folder
         as attribute XrayToDRR.registrationFolder. For a folder of X-rays (one job, one result folder each and
-        summary.csv): [(X-ray node, pose node, DRR node, metrics table node), ...] of those registered."""
+        summary.csv): [(X-ray node, pose node, DRR node, metrics table node), ...] of those registered.
+        `onDone(result folder)`: what a single X-ray's finished job returns instead (findPose uses it)."""
         from XrayToDRRLib import mrml
         from XrayToDRRLib.errors import InputError
 
@@ -960,9 +1015,33 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
         name = name or f"{xrayNode.GetName()} registration"
 
         def finish(outputs):
+            if onDone is not None:
+                return onDone(out)
             return self.loadRegistration(out, xrayNode, volumeNode, name, opacity)
 
         return self.base._run("Registering", args, folder, [out], finish, wait)
+
+    def findPose(self, xrayNode, volumeNode, view: str = "auto", topK: int = 4, outputFolder=None,
+                 devices: Optional[str] = None, extraArgs=None, wait: bool = True):
+        """The global pose search alone, from only an X-ray and a CT (`xraytodrr register --init-view VIEW
+        --init-only --search-top-k K`; view 'auto' searches AP, PA and both laterals): its candidates best first,
+        each briefly refined. Returns (candidate transform nodes, candidates table node); give the one to keep to
+        `register(initPose=node)`. Same defaults as the CLI."""
+        stem = xrayNode.GetName() if not isinstance(xrayNode, (str, Path)) else Path(str(xrayNode)).name.split(".")[0]
+        extra = ["--init-only", "--search-top-k", str(int(topK))] + self._extra(extraArgs)
+        return self.register(xrayNode, volumeNode, initView=view, outputFolder=outputFolder, renderer="fast",
+                             devices=devices, extraArgs=extra, wait=wait,
+                             onDone=lambda out: self.loadCandidates(out, stem))
+
+    def loadCandidates(self, folder, name: str = "X-ray"):
+        """The candidates.json of a search (or registration) folder as (transform nodes best first, table node);
+        each node keeps the folder as attribute XrayToDRR.registrationFolder."""
+        from XrayToDRRRegistrationLib import mrml as review
+
+        nodes, table = review.candidates_to_nodes(review.read_candidates(folder), self.scene, name)
+        for node in nodes:
+            node.SetAttribute(FOLDER, str(_abs(folder)))
+        return nodes, table
 
     def registerFiles(self, paths, volumeNode, outputFolder, **options) -> list:
         """Register a folder of X-rays (one job: `xraytodrr register FOLDER`) or a list of X-ray files (one job
@@ -1220,7 +1299,8 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
 
 class XrayToDRRRegistrationTest(ScriptedLoadableModuleTest):
     """The panel's workflow on the sample data, through the Logic (needs the engine's packages installed):
-    register the simulated X-ray from a perturbed pose, review it live, reset, accept."""
+    register the simulated X-ray from a perturbed pose, review it live, reset, accept; find its pose from the X-ray
+    and CT alone."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -1274,4 +1354,11 @@ class XrayToDRRRegistrationTest(ScriptedLoadableModuleTest):
         self.assertEqual(logic.acceptedRegistrations(), [path.parent.resolve()])
         difference, checkerboard = logic.compare(xray, drr)
         self.assertEqual(slicer.util.arrayFromVolume(difference).shape, slicer.util.arrayFromVolume(drr).shape)
+
+        self.delayDisplay("Find pose from the X-ray and the CT alone (global search, background job)")
+        candidates, candidateTable = logic.findPose(xray, ct, view="auto", topK=2)
+        self.assertGreaterEqual(len(candidates), 2)
+        self.assertEqual(candidateTable.GetNumberOfRows(), len(candidates))
+        best = mrml.pose_from_transform_node(candidates[0])
+        self.assertLess(reprojection(best), reprojection(mrml.pose_from_transform_node(start)) + 20.0)
         self.delayDisplay("Test passed")

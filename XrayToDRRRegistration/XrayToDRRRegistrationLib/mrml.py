@@ -317,3 +317,57 @@ def show_comparison(scene, xray_node, drr_node, mode: str = "overlay", opacity: 
     if mode not in ("difference", "checkerboard") or comparison is None:
         raise InputError(f"unknown view '{mode}'", None, "use overlay, difference or checkerboard")
     return show_overlay(scene, comparison[0] if mode == "difference" else comparison[1], None, 0.0, view)
+
+
+# --- global pose search candidates ----------------------------------------------------------------------------------
+CANDIDATE_FILE = "candidates.json"
+CANDIDATE_COLUMNS = ("rank", "view", "tilt_y_deg", "tilt_x_deg", "spin_deg", "distance_mm", "score", "refined_score")
+
+
+def read_candidates(folder) -> list[dict]:
+    """The search's candidates of a registration folder (candidates.json), best first."""
+    path = Path(folder) / CANDIDATE_FILE
+    if not path.is_file():
+        raise InputError("has no candidates.json (the pose search did not run)", Path(folder),
+                         "register with --init-view or --init-dicom (with the search on)")
+    try:
+        candidates = json.loads(path.read_text())["candidates"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise InputError(f"is not a candidates file ({e})", path, "run the pose search again") from None
+    return candidates
+
+
+def candidates_to_nodes(candidates: list[dict], scene, name: str) -> tuple[list, object]:
+    """One transform node per candidate (canonical pose, named with its rank, view and refined score) and a table
+    node listing them best first. The nodes carry their rank as attribute XrayToDRR.candidateRank."""
+    from XrayToDRRLib import mrml as base
+
+    nodes, rows = [], []
+    for rank, cand in enumerate(candidates, start=1):
+        pose = Pose.from_dict(cand["pose"])
+        score = cand.get("refined_score")
+        label = f"{name} candidate {rank} ({cand.get('view')}, {score:.3f})" if score is not None else \
+            f"{name} candidate {rank} ({cand.get('view')})"
+        node = base.pose_to_transform_node(pose, scene, label)
+        node.SetAttribute(PREFIX + "candidateRank", str(rank))
+        nodes.append(node)
+        tilt = cand.get("tilt_deg") or [0.0, 0.0]
+        rows.append({"rank": rank, "view": cand.get("view", ""), "tilt_y_deg": float(tilt[0]),
+                     "tilt_x_deg": float(tilt[1]), "spin_deg": float(cand.get("spin_deg", 0.0)),
+                     "distance_mm": float(cand.get("distance_mm", 0.0)), "score": float(cand.get("score", 0.0)),
+                     "refined_score": float(score) if score is not None else float("nan")})
+    table = base.metrics_to_table_node(rows or [{c: "" for c in CANDIDATE_COLUMNS}], scene, f"{name} candidates")
+    return nodes, table
+
+
+def confidence_of(folder) -> tuple[float | None, str]:
+    """(confidence, warning) recorded in a registration folder's metrics.json ((None, "") when it has none)."""
+    path = Path(folder) / "metrics.json"
+    try:
+        entry = json.loads(path.read_text()).get("confidence") if path.is_file() else None
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        entry = None
+    if not isinstance(entry, dict):
+        return None, ""
+    value = entry.get("confidence")
+    return (float(value) if isinstance(value, (int, float)) else None), str(entry.get("warning") or "")
