@@ -28,7 +28,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from XrayToDRRLib.pose import standard_view
+from peak_memory import PeakMemory
+
+from XrayToDRRLib.pose import load_pose, standard_view
 from XrayToDRRLib.simulate import write_simulated_xray
 from XrayToDRRLib.volumes import center_ras
 from XrayToDRRRegistrationLib.batch import RegistrationOptions, Session
@@ -94,18 +96,13 @@ def run(ct_path: Path, cases: list[dict], folder: Path, device: str, tag: str) -
             _ = session.fast  # the pyramid, once per CT (as in the other rows)
         session.init = init
         out = folder / f"{tag}{case['k']:02d}"
-        t0 = time.perf_counter()
-        session.register(case["xray"], out)
-        seconds = time.perf_counter() - t0
+        with PeakMemory(interval=0.02) as mem:
+            t0 = time.perf_counter()
+            session.register(case["xray"], out)
+            seconds = time.perf_counter() - t0
         metrics = json.loads((out / "metrics.json").read_text())
         search = metrics["initializer"].get("search", {})
-        rows.append({"final": session_pose(out), "seconds": seconds, "confidence": metrics["confidence"],
+        rows.append({"final": load_pose(out / "pose.json"), "seconds": seconds, "confidence": metrics["confidence"],
                      "search_s": search.get("seconds", 0.0) + search.get("refine_seconds", 0.0),
-                     "rss_mb": 0.0, "cuda_mb": 0.0})
+                     "rss_mb": mem.peak_rss_mib, "cuda_mb": mem.cuda_mib or 0.0})
     return rows
-
-
-def session_pose(folder: Path):
-    from XrayToDRRLib.pose import load_pose
-
-    return load_pose(folder / "pose.json")

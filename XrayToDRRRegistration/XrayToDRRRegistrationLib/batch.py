@@ -190,8 +190,9 @@ class Session:
         started = time.perf_counter()
         candidates = refine_candidates(self.fast, prepared, found.candidates, self.center, self.options.optimizer(),
                                        progress=progress.sub(0.4, 1.0))
-        summary = {**found.summary(), "candidates": [c.to_dict() for c in candidates],
-                   "refine_seconds": round(time.perf_counter() - started, 3), "views": list(nominal)}
+        found.candidates = candidates  # best refined first: what candidates.json and metrics.json list
+        summary = {**found.summary(), "refine_seconds": round(time.perf_counter() - started, 3),
+                   "views": list(nominal)}
         log(f"pose search over {', '.join(nominal)}: {found.hypotheses} hypotheses from {found.renders} DRRs in "
             f"{found.seconds:.1f} s, {len(candidates)} candidates refined in {summary['refine_seconds']:.1f} s")
         for n, c in enumerate(candidates):

@@ -30,7 +30,8 @@ from XrayToDRRLib.fast_render import FastRenderer
 from XrayToDRRLib.pose import Pose
 
 from . import similarity as sim
-from .preprocess import PreparedXray, stage_detector, stage_images
+from .preprocess import PreparedXray, downsampled
+from .search import sphere_points
 
 PROBE_PIXELS = 64
 PROBE_ROT_DEG = 2.0
@@ -50,8 +51,7 @@ def _ramp(value: float, lo_hi: tuple[float, float]) -> float:
 def projection_distance(a: Pose, b: Pose, center, radius: float = 100.0) -> float:
     """Mean distance (mm, on pose `a`'s detector) between where the two poses project points on a sphere of
     `radius` about `center`: how differently two answers place the anatomy in the image."""
-    dirs = np.vstack([np.eye(3), -np.eye(3)])
-    pts = np.asarray(center, dtype=np.float64) + radius * dirs
+    pts = sphere_points(center, radius)
     pa, pb = a.project(pts), dataclasses.replace(a, world_from_camera=b.world_from_camera).project(pts)
     return float(np.linalg.norm((pa - pb) * [a.delx, a.dely], axis=1).mean())
 
@@ -60,9 +60,7 @@ def probe(renderer: FastRenderer, prepared: PreparedXray, pose: Pose, center, si
     """(similarity at `pose`, drop per probed degree of freedom) at about PROBE_PIXELS along the longer side."""
     from .register import corrected
 
-    det = prepared.detector
-    small = stage_detector(det, max(1.0, max(det.height, det.width) / PROBE_PIXELS))
-    target, mask = stage_images(prepared, small.height, small.width, renderer.device)
+    small, target, mask = downsampled(prepared, PROBE_PIXELS, renderer.device)
     start = torch.as_tensor(pose.world_from_camera, dtype=torch.float64)
     c = torch.as_tensor(np.asarray(center, dtype=np.float64))
     zero = torch.zeros(3, dtype=torch.float64)

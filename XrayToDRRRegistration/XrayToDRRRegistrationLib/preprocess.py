@@ -130,6 +130,14 @@ def stage_detector(detector: Pose, scale: float) -> Pose:
     return detector.with_detector(height=h, width=w)
 
 
+def downsampled(prepared: PreparedXray, pixels: int, device) -> tuple[Pose, torch.Tensor, torch.Tensor | None]:
+    """(detector, (1,1,h,w) image, mask) at about `pixels` along the longer side (never upsampled)."""
+    det = prepared.detector
+    small = stage_detector(det, max(1.0, max(det.height, det.width) / pixels))
+    image, mask = stage_images(prepared, small.height, small.width, device)
+    return small, image, mask
+
+
 def stage_images(prepared: PreparedXray, height: int, width: int, device) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(1,1,h,w) image (area-averaged) and mask (pixels wholly inside the field) for one stage."""
     img = torch.as_tensor(prepared.image, dtype=torch.float32)[None, None]

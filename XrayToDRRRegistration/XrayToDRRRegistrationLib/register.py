@@ -87,9 +87,7 @@ class Trajectory:
 def resolve_scales(scales, detector: Pose) -> list[float]:
     """Downsampling factor per stage, coarse to fine. "auto": about 32, 64, 128 px along the longer side."""
     if scales is None or (isinstance(scales, str) and scales.strip().lower() == "auto"):
-        longest = max(detector.height, detector.width)
-        factors = sorted({round(max(1.0, longest / n), 4) for n in AUTO_STAGE_PIXELS}, reverse=True)
-        return factors
+        return scales_for_pixels(detector, AUTO_STAGE_PIXELS)
     if isinstance(scales, str):
         try:
             scales = [float(s) for s in scales.replace(" ", "").split(",") if s]
@@ -100,6 +98,12 @@ def resolve_scales(scales, detector: Pose) -> list[float]:
         raise InputError(f"--scales must be factors >= 1 (coarse to fine), got {scales}", None,
                          "e.g. --scales 8,4,2 or auto")
     return scales
+
+
+def scales_for_pixels(detector: Pose, pixels) -> list[float]:
+    """Downsampling factors (coarse to fine) that give about each of `pixels` along the longer side."""
+    longest = max(detector.height, detector.width)
+    return sorted({round(max(1.0, longest / n), 4) for n in pixels}, reverse=True)
 
 
 def resolve_itrs(max_n_itrs, n_stages: int) -> list[int]:

@@ -40,7 +40,7 @@ from XrayToDRRLib.fast_render import FastRenderer
 from XrayToDRRLib.pose import Pose
 from XrayToDRRLib.progress import Progress
 
-from .preprocess import PreparedXray, stage_detector, stage_images
+from .preprocess import PreparedXray, downsampled
 
 MAX_REFERENCE_RATIO = 1.3   # consecutive reference distances; the X-ray is rescaled by at most sqrt(1.3) = 1.14
 SCALE_STEP = 1.055          # relative magnification step between templates (a 48 px image moves < 1.5 px)
@@ -147,9 +147,7 @@ def camera(nominal: Pose, center, tilt=(0.0, 0.0), spin: float = 0.0, distance: 
 # --- templates -----------------------------------------------------------------------------------------------------
 def _search_images(prepared: PreparedXray, pixels: int, device) -> tuple[Pose, torch.Tensor, torch.Tensor]:
     """The X-ray (and its field mask, 1 where compared) at about `pixels` along the longer side."""
-    det = prepared.detector
-    small = stage_detector(det, max(1.0, max(det.height, det.width) / pixels))
-    image, mask = stage_images(prepared, small.height, small.width, device)
+    small, image, mask = downsampled(prepared, pixels, device)
     mask = torch.ones_like(image) if mask is None else mask
     return small, image[0, 0], mask[0, 0]
 
@@ -322,11 +320,15 @@ def _distinct(best_score, best_index, jobs, references, scales, spins, size, pix
     return sorted(chosen, key=lambda c: -c.score)
 
 
+def sphere_points(center, radius: float = 100.0) -> np.ndarray:
+    """Six points `radius` mm from `center` along the world axes: what pose distances are measured on."""
+    return np.asarray(center, dtype=np.float64) + radius * np.vstack([np.eye(3), -np.eye(3)])
+
+
 def pose_distance(a: Pose, b: Pose, center, radius: float = 100.0) -> float:
-    """Mean displacement (mm) of points on a sphere of `radius` about `center` between two camera poses: a
-    target-registration-error proxy that needs no CT."""
-    dirs = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], dtype=np.float64)
-    pts = np.asarray(center, dtype=np.float64) + radius * dirs
+    """Mean displacement (mm) of `sphere_points` between two camera poses: a target-registration-error proxy that
+    needs no CT."""
+    pts = sphere_points(center, radius)
     pa = pts @ a.camera_from_world[:3, :3].T + a.camera_from_world[:3, 3]
     pb = pts @ b.camera_from_world[:3, :3].T + b.camera_from_world[:3, 3]
     return float(np.linalg.norm(pa - pb, axis=1).mean())
@@ -340,15 +342,15 @@ def _same_basin(a: Candidate, b: Candidate, center) -> bool:
 
 
 def refine_candidates(renderer: FastRenderer, prepared: PreparedXray, candidates: list[Candidate], center,
-                      settings, iterations: int = 30, progress: Progress | None = None) -> list[Candidate]:
-    """A short coarse registration (about 32 then 64 px) from every candidate; sorted best refined first."""
-    from .register import OptimizerSettings, optimize
+                      settings=None, iterations: int = 30, progress: Progress | None = None) -> list[Candidate]:
+    """A short coarse registration (about 32 then 64 px) from every candidate with the optimiser `settings`
+    (OptimizerSettings; None: its defaults); sorted best refined first."""
+    from .register import OptimizerSettings, optimize, scales_for_pixels
 
     progress = progress or Progress()
-    longest = max(prepared.detector.height, prepared.detector.width)
-    scales = sorted({round(max(1.0, longest / n), 4) for n in (32, 64)}, reverse=True)
-    short = dataclasses.replace(settings if isinstance(settings, OptimizerSettings) else OptimizerSettings(),
-                                scales=scales, max_n_itrs=[iterations] * len(scales), patience=4)
+    scales = scales_for_pixels(prepared.detector, (32, 64))
+    short = dataclasses.replace(settings or OptimizerSettings(), scales=scales,
+                                max_n_itrs=[iterations] * len(scales), patience=4)
     for n, cand in enumerate(candidates):
         traj = optimize(renderer, prepared, cand.pose, center, short,
                         progress.sub(n / len(candidates), (n + 1) / len(candidates)))
