@@ -152,7 +152,7 @@ class XrayToDRRRegistrationParameterNode:
     lrXyz: Annotated[float, WithinRange(1e-4, 100.0)] = 1.0
     patience: Annotated[int, WithinRange(1, 1000)] = 8
     maxIterations: Annotated[int, WithinRange(1, 100000)] = 200
-    finalRenderer: Annotated[str, Choice(["siddon", "trilinear", "fast"])] = "siddon"
+    finalRenderer: Annotated[str, Choice(["auto", "siddon", "trilinear", "fast"])] = "auto"
     saveImages: bool = False
     registerOptions: str = ""
     # result and review
@@ -725,7 +725,7 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
     DRR_SIZE = 512       # result DRR: at most this many pixels along the longer side (same field of view)
     # the register verb's defaults (XrayToDRRRegistrationLib.batch.RegistrationOptions)
     REGISTER_DEFAULTS = {"crop": 0, "collimator": "auto", "similarity": "gmncc", "scales": "auto", "lr_rot": 1e-2,
-                         "lr_xyz": 1.0, "patience": 8, "max_n_itrs": 200, "renderer": "siddon"}
+                         "lr_xyz": 1.0, "patience": 8, "max_n_itrs": 200, "renderer": "auto"}
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
@@ -938,7 +938,7 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
                  initDicom: bool = False, landmarks=None, segmentationNode=None, labels=None, outputFolder=None,
                  crop: int = 0, subtractBackground: bool = False, linearize: bool = False,
                  collimator: str = "auto", similarity: str = "gmncc", scales: str = "auto", lrRot: float = 1e-2,
-                 lrXyz: float = 1.0, patience: int = 8, maxIterations: int = 200, renderer: str = "siddon",
+                 lrXyz: float = 1.0, patience: int = 8, maxIterations: int = 200, renderer: str = "auto",
                  saveImages: bool = False, devices: Optional[str] = None, extraArgs=None, name: Optional[str] = None,
                  opacity: float = 0.5, wait: bool = True, onDone=None):
         """Register the X-ray node (or an X-ray file, or a folder of them) to the CT node (`xraytodrr register`),

@@ -74,6 +74,14 @@ class Pose:
         uvw = cam @ self.intrinsics().T
         return uvw[:, :2] / uvw[:, 2:3]
 
+    def window(self, rows: tuple[int, int], cols: tuple[int, int]) -> "Pose":
+        """Pixels rows[0]:rows[1], cols[0]:cols[1] as a detector of their own: the same camera with the principal
+        point moved, so each pixel is the one of the whole detector."""
+        (r0, r1), (c0, c1) = rows, cols
+        return dataclasses.replace(self, height=r1 - r0, width=c1 - c0,
+                                   x0=self.x0 + ((c0 + c1 - 1) / 2 - (self.width - 1) / 2) * self.delx,
+                                   y0=self.y0 + ((r0 + r1 - 1) / 2 - (self.height - 1) / 2) * self.dely)
+
     def depth(self, points_world) -> np.ndarray:
         """Distance of each point from the source along the principal ray (camera z, mm)."""
         pts = np.atleast_2d(np.asarray(points_world, dtype=np.float64))

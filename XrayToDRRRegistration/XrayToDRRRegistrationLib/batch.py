@@ -31,7 +31,8 @@ from .preprocess import COLLIMATOR_MODES, PreparedXray, prepare_xray
 from .register import OptimizerSettings, Trajectory, check_settings, optimize, resolve_itrs, resolve_scales
 from .search import SearchSettings, refine_candidates, search_pose
 
-FINAL_RENDERERS = ("fast",) + RENDERERS
+FINAL_RENDERERS = ("auto", "fast") + RENDERERS
+FAST_FINAL_MIN_NCC = 0.999
 XRAY_SUFFIXES = (".dcm", ".dicom", ".ima", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy", ".nii",
                  ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -61,7 +62,7 @@ class RegistrationOptions:
     threshold: float = OptimizerSettings.threshold
     max_n_itrs: list[int] | int = OptimizerSettings.max_n_itrs
     max_n_plateaus: int = OptimizerSettings.max_n_plateaus
-    renderer: str = "siddon"
+    renderer: str = "auto"
     init_only: bool = False
     save_images: bool = False
     pattern: str | None = None
@@ -153,7 +154,8 @@ class Session:
         self.warp = read_warp(options.warp, options.invert) if options.warp else None
         self.center = center_ras(self.ct)
         self._fast = None
-        self._hq = None
+        self._hq: dict[str, DRRRenderer] = {}
+        self._agreement: dict[tuple, float] = {}  # _fast_agreement per detector and view direction
 
     @property
     def fast(self):
@@ -163,20 +165,41 @@ class Session:
             self._fast = FastRenderer(self.ct, mask=self.keep, device=self.device)
         return self._fast
 
-    def render_hq(self, pose, band_pixels: int = 8192) -> np.ndarray:
-        """The final DRR by --renderer. DiffDRR renders in bands of rows (the same camera with a shifted principal
-        point: identical pixels) so its memory stays bounded whatever the X-ray's size."""
-        if self.options.renderer == "fast":
+    def render_final(self, pose) -> tuple[np.ndarray, dict]:
+        """The final DRR by --renderer, and what made it. `auto`: the fast renderer's full mode where it matches
+        DiffDRR's Siddon to NCC >= 0.999 (checked on a cross of detector rows and columns through the centre, once
+        per detector and view direction), else Siddon: a coarse CT's blocky voxels or its cut edges are where the
+        two differ."""
+        name, record = self.options.renderer, {}
+        if name == "auto":
+            agreement = self._fast_agreement(pose)
+            name = "fast" if agreement >= FAST_FINAL_MIN_NCC else "siddon"
+            record = {"chosen_by": "auto", "fast_vs_siddon_ncc": round(agreement, 5)}
+        return self._render(name, pose), {"renderer": name, **record}
+
+    def _render(self, name: str, pose, band_pixels: int = 8192) -> np.ndarray:
+        """DiffDRR renders in bands of rows (each a window of the same detector) so its memory stays bounded
+        whatever the X-ray's size."""
+        if name == "fast":
             return self.fast.render(pose, "full")
-        if self._hq is None:
-            self._hq = DRRRenderer(self.ct, mask=self.keep, renderer=self.options.renderer, device=self.device)
+        if self._hq.get(name) is None:
+            self._hq[name] = DRRRenderer(self.ct, mask=self.keep, renderer=name, device=self.device)
         rows = max(1, band_pixels // pose.width)
-        bands = []
-        for r0 in range(0, pose.height, rows):
-            r1 = min(pose.height, r0 + rows)
-            y0 = pose.y0 + ((r0 + r1 - 1) / 2 - (pose.height - 1) / 2) * pose.dely
-            bands.append(self._hq.render(dataclasses.replace(pose, height=r1 - r0, y0=y0)))
-        return np.concatenate(bands, axis=0)
+        return np.concatenate([self._hq[name].render(pose.window((r0, min(pose.height, r0 + rows)), (0, pose.width)))
+                               for r0 in range(0, pose.height, rows)], axis=0)
+
+    def _fast_agreement(self, pose, lines: int = 8) -> float:
+        axis = int(np.argmax(np.abs(pose.principal_ray)))
+        key = (pose.height, pose.width, pose.delx, pose.dely, pose.sdd, pose.x0, pose.y0, axis,
+               bool(pose.principal_ray[axis] > 0))
+        if key not in self._agreement:
+            h, w = pose.height, pose.width
+            r0, c0 = max(0, h // 2 - lines // 2), max(0, w // 2 - lines // 2)
+            cross = [pose.window((r0, min(h, r0 + lines)), (0, w)), pose.window((0, h), (c0, min(w, c0 + lines)))]
+            fast = np.concatenate([self._render("fast", p).ravel() for p in cross])
+            siddon = np.concatenate([self._render("siddon", p).ravel() for p in cross])
+            self._agreement[key] = _ncc(fast, siddon)
+        return self._agreement[key]
 
     # --- one X-ray ------------------------------------------------------------------------------------------
     def find_pose(self, prepared: PreparedXray, start, progress: Progress | None = None, log=None):
@@ -204,12 +227,14 @@ class Session:
     def prepare(self, xray_path) -> tuple[PreparedXray, object, dict]:
         """Read and preprocess the X-ray and find its initial pose (all the checks, no heavy work)."""
         o = self.options
+        started = time.perf_counter()
         prepared = prepare_xray(xray_path, o.sdd, o.pixel_spacing, o.reducefn, o.crop, o.subtract_background,
                                 o.linearize, o.collimator)
         resolve_itrs(o.max_n_itrs, len(resolve_scales(o.scales, prepared.detector)))
         logs: list[str] = []
         init, info = initial_pose(self.init, prepared, self.ct, self.device, self.warp, logs.append, o.seed)
         info["log"] = logs
+        info["prepare_seconds"] = round(time.perf_counter() - started, 3)
         return prepared, init, info
 
     def register(self, xray_path, out_dir, progress: Progress | None = None, prepared=None) -> dict:
@@ -220,6 +245,14 @@ class Session:
         if prepared is None:
             prepared = self.prepare(xray_path)
         prep, init, info = prepared
+        timings = {"prepare": info.pop("prepare_seconds", 0.0)}  # where the time went, seconds per step
+        lap = time.perf_counter()
+
+        def clocked(step: str) -> None:
+            nonlocal lap
+            now = time.perf_counter()
+            timings[step] = round(timings.get(step, 0.0) + now - lap, 3)
+            lap = now
         lines = [f"X-ray {xray_path}: {prep.detector.height}x{prep.detector.width} px, "
                  f"{prep.detector.delx:.4g} x {prep.detector.dely:.4g} mm, SDD {prep.detector.sdd:g} mm",
                  f"initial pose from {info['initializer']}"] + info.pop("log", [])
@@ -239,6 +272,7 @@ class Session:
             progress.update(0.02, "searching the pose")
             candidates, info["search"] = self.find_pose(prep, init, progress.sub(0.02, 0.3), log)
             init = candidates[0].refined_pose
+            clocked("search")
         if o.init_only:
             traj = Trajectory(init=init.world_from_camera.copy(), final=init.world_from_camera.copy(),
                               stopped="init_only", message="--init-only: no optimisation")
@@ -246,18 +280,22 @@ class Session:
         else:
             progress.update(0.02, "preparing the volume")
             traj = optimize(self.fast, prep, init, self.center, o.optimizer(), progress.sub(0.3, 0.88), log)
+        clocked("optimisation")
         final = with_camera(prep.detector, traj.final)
         progress.update(0.88, "assessing the result")
         confidence = assess(self.fast, prep, final, self.center, o.similarity, candidates)
+        clocked("confidence")
         progress.update(0.9, "rendering the final DRRs")
         init_img = self.fast.render(init, "preview")
         final_img = self.fast.render(final, "preview")
-        hq = self.render_hq(final)
+        hq, final_renderer = self.render_final(final)
+        clocked("final_drr")
         metrics = {
             "ncc": _ncc(prep.image, hq), "ncc_init": _ncc(prep.image, init_img), "ncc_fast": _ncc(prep.image, final_img),
             "loss": traj.final_loss, "iterations": traj.iterations, "seconds": time.perf_counter() - started,
             "optimisation_seconds": traj.seconds, "stopped": traj.stopped, "message": traj.message,
-            "similarity": o.similarity, "scales": scales, "renderer": o.renderer,
+            "similarity": o.similarity, "scales": scales, "renderer": final_renderer["renderer"],
+            "final_drr": final_renderer, "timings": timings, "stage_seconds": stage_seconds(traj),
             "backend": self.fast.backend,
             "stages": R.plain(traj.stage_info), "initializer": {k: v for k, v in info.items() if k != "inlier_mask"},
             "confidence": confidence,
@@ -296,10 +334,24 @@ class Session:
                 visualize.evaluation_figure(tmp, tmp / R.FIGURE)
                 visualize.animate(self.fast, params, prep.image, tmp / R.ANIMATION)
             (tmp / R.LOG).write_text("\n".join(lines) + "\n")
+            clocked("write")
+            R.write_json(tmp / R.METRICS, R.plain(metrics))  # again, with the writing's own time
         progress.update(1.0, "done")
         return {"xray": str(xray_path), "folder": str(out_dir), "status": "ok", "error": "",
                 **{k: _fmt(metrics[k]) for k in ("ncc", "ncc_init", "loss", "iterations", "seconds", "stopped")},
                 "confidence": _fmt(confidence["confidence"]), "warning": confidence["warning"]}
+
+
+def stage_seconds(traj: Trajectory) -> list[float]:
+    """Seconds spent in each optimisation stage (from the trajectory's clock)."""
+    ends = {}
+    for stage, t in zip(traj.stages, traj.times):
+        ends[stage] = t
+    out, before = [], 0.0
+    for stage in sorted(ends):
+        out.append(round(ends[stage] - before, 3))
+        before = ends[stage]
+    return out
 
 
 def _ncc(a, b) -> float:

@@ -37,6 +37,7 @@ from XrayToDRRLib.pose import Pose
 from XrayToDRRLib.progress import Progress
 
 from . import similarity as sim
+from .adam import PoseAdam
 from .preprocess import PreparedXray, stage_detector, stage_images
 
 AUTO_STAGE_PIXELS = (32, 64, 128)
@@ -195,7 +196,7 @@ def optimize(renderer: FastRenderer, prepared: PreparedXray, init: Pose, center,
         lrs = [settings.lr_rot * ratio, settings.lr_xyz * ratio]
         w = torch.zeros(3, dtype=torch.float64, device=device, requires_grad=True)
         t = torch.zeros(3, dtype=torch.float64, device=device, requires_grad=True)
-        opt = torch.optim.Adam([{"params": [w], "lr": lrs[0]}, {"params": [t], "lr": lrs[1]}])
+        opt = PoseAdam([{"params": [w], "lr": lrs[0]}, {"params": [t], "lr": lrs[1]}])
         start = best.clone()
         reference, stage_best_params, stale, plateaus = -math.inf, None, 0, 0
         log(f"stage {stage + 1}/{len(scales)}: detector {detector.height}x{detector.width} (scale {scale:g}), "
