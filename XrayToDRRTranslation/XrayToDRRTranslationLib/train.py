@@ -39,13 +39,15 @@ from XrayToDRRLib.progress import Progress
 from XrayToDRRLib.rng import rng_state, set_rng_state
 
 from .checkpoint import load_checkpoint, load_state, save_checkpoint
-from .dataset import NORMALIZATION, PairDataset, check_pairs, list_pairs, split_names
+from .dataset import (NORMALIZATION, PairDataset, check_pairs, list_pairs, pairs_per_patient, patients_of,
+                      read_patients, split_by_patient, split_names)
 from .metrics import psnr, ssim
 from .networks import (GANLoss, build_discriminator, build_generator, check_image_size, cpu_convolutions,
                        init_weights)
 
 LOG_COLUMNS = ["epoch", "step", "loss_G", "loss_D", "loss_L1", "val_psnr", "val_ssim", "seconds", "images_per_s"]
 LOGGERS = ("csv", "tensorboard", "wandb")
+SPLITS = ("pair", "patient")
 SAMPLE_ROWS = 4
 
 
@@ -62,17 +64,21 @@ def train(data: str | Path | None, output: str | Path, epochs: int = 200, batch_
           beta1: float = 0.5, lambda_l1: float = 100.0, image_size: int = 256, val_fraction: float = 0.1,
           resume: str | Path | None = None, log: str = "csv", device: str = "auto", seed: int = 0, ngf: int = 64,
           ndf: int = 64, gan_mode: str = "vanilla", dropout: float = 0.5, save_every: int = 5, workers: int = 0,
-          time_limit: float | None = None, threads: int | None = None, progress: Progress | None = None
-          ) -> TrainResult:
+          time_limit: float | None = None, threads: int | None = None, split_by: str = "pair",
+          progress: Progress | None = None) -> TrainResult:
     """Train (or, with `resume`, continue) pix2pix on DATA (xray/ + drr/) into the run folder `output`.
     `epochs` is the total number of epochs (a resumed run continues up to it). `time_limit` (seconds) stops at the
     end of the first epoch that passes it (and saves). `threads`: CPU threads for torch during training (default:
-    torch's; on a busy machine 1 thread can be many times faster for small images). With `resume`, the
-    architecture, optimiser settings, seed and train/validation split come from the checkpoint."""
+    torch's; on a busy machine 1 thread can be many times faster for small images). `split_by`: "pair" draws
+    validation pairs; "patient" holds out whole patients (ids from the data's pairs.csv, see dataset.py), so no
+    patient is in both sets. With `resume`, the architecture, optimiser settings, seed and train/validation split
+    come from the checkpoint."""
     progress = progress or Progress()
     _check_numbers(epochs, batch_size, lr, lambda_l1, save_every, workers)
     if log not in LOGGERS:
         raise InputError(f"unknown logger '{log}'", None, f"use one of {', '.join(LOGGERS)}")
+    if split_by not in SPLITS:
+        raise InputError(f"unknown split '{split_by}'", None, f"use --split-by {' or '.join(SPLITS)}")
     checkpoint = None
     if resume is not None:
         checkpoint = load_checkpoint(resume)
@@ -92,7 +98,12 @@ def train(data: str | Path | None, output: str | Path, epochs: int = 200, batch_
         if not 0.0 <= dropout < 1.0:
             raise InputError(f"dropout must be in [0, 1), got {dropout}", None, "pass --dropout 0.5")
         GANLoss(gan_mode)  # validates the name
-        train_names, val_names = split_names(list(by_name), val_fraction, seed)
+        if split_by == "patient":
+            patients = patients_of(list(by_name), data)
+            train_names, val_names = split_by_patient(patients, val_fraction, seed)
+        else:
+            patients = read_patients(data)
+            train_names, val_names = split_names(list(by_name), val_fraction, seed)
         config = {
             "model": "pix2pix", "in_channels": 1, "out_channels": 1, "image_size": int(image_size),
             "unet_depth": depth, "ngf": int(ngf), "ndf": int(ndf), "n_layers_d": 3, "norm": "instance",
@@ -100,6 +111,7 @@ def train(data: str | Path | None, output: str | Path, epochs: int = 200, batch_
             "beta1": float(beta1), "beta2": 0.999, "batch_size": int(batch_size), "seed": int(seed),
             "val_fraction": float(val_fraction), "normalization": dict(NORMALIZATION),
             "source_channels": int(channels), "train_names": train_names, "val_names": val_names,
+            "split_by": split_by, "patients": {n: patients[n] for n in sorted(patients) if n in by_name},
         }
     else:
         absent = sorted(set(config["train_names"] + config["val_names"]) - set(by_name))
@@ -179,6 +191,7 @@ def _train(config, checkpoint, resume, pairs, by_name, run_dir, logger_factory, 
         (run_dir / "samples").mkdir(parents=True, exist_ok=True)
         logger = logger_factory(run_dir, config)
         _write_log(run_dir / "log.csv", history)
+        progress.log(patient_summary(config))
         progress.log(f"training on {len(train_set)} pairs ({len(val_pairs)} for validation), "
                      f"{config['image_size']} px, U-Net depth {config['unet_depth']}, device {dev}"
                      + (f", {info.world_size} processes" if info.enabled else "")
@@ -265,6 +278,18 @@ def _train(config, checkpoint, resume, pairs, by_name, run_dir, logger_factory, 
 
 
 # --- helpers --------------------------------------------------------------------------------------------------
+def patient_summary(config: dict) -> str:
+    """The data set's pairs per patient, and which patients validate (a split by patient)."""
+    patients = config.get("patients") or {}
+    if not patients:
+        return "pairs carry no patient ids (one unnamed patient)"
+    val = set(config.get("val_names", []))
+    counts = pairs_per_patient(patients)
+    held = sorted({patients[n] for n in val if n in patients}) if config.get("split_by") == "patient" else []
+    text = f"{len(counts)} patient(s): " + ", ".join(f"{p} {k} pair{'s' * (k != 1)}" for p, k in counts.items())
+    return text + (f"; validation on held-out patient(s) {', '.join(held)}" if held else "")
+
+
 def _check_numbers(epochs, batch_size, lr, lambda_l1, save_every, workers) -> None:
     for name, value, flag in (("epochs", epochs, "--epochs"), ("batch size", batch_size, "--batch-size"),
                               ("save interval", save_every, "--save-every")):
