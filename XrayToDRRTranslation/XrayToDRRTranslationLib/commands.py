@@ -30,6 +30,16 @@ class GanMode(str, Enum):
     lsgan = "lsgan"
 
 
+class PerceptualNet(str, Enum):
+    discriminator = "discriminator"
+    vgg16 = "vgg16"
+
+
+class Augment(str, Enum):
+    none = "none"
+    cross_patient = "cross-patient"
+
+
 class SplitBy(str, Enum):
     pair = "pair"
     patient = "patient"
@@ -153,6 +163,17 @@ def train_verb(
     time_limit: Annotated[Optional[float], typer.Option(
         "--time-limit", help="stop (and save) after the first epoch that ends past this many seconds")] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: torch's choice)")] = None,
+    perceptual_loss: Annotated[float, typer.Option(
+        "--perceptual-loss", help="weight of a feature loss added to the generator's (0: off, pix2pix)")] = 0.0,
+    perceptual_net: Annotated[PerceptualNet, typer.Option(
+        "--perceptual-net", help="discriminator: feature matching on the PatchGAN's activations; vgg16: "
+                                 "torchvision's, only if its weights are already in the torch cache")
+    ] = PerceptualNet.discriminator,
+    attention: Annotated[bool, typer.Option(
+        "--attention", help="attention gates in the U-Net's skip connections (Oktay et al.)")] = False,
+    augment: Annotated[Augment, typer.Option(
+        "--augment", help="cross-patient: per-epoch body size, exposure, processing, blur and noise "
+                          "(geometry on both images, the rest on the X-ray)")] = Augment.none,
     progress: ProgressOption = "bar",
 ):
     """Train pix2pix (U-Net generator + 70x70 PatchGAN) on X-ray -> DRR pairs; launch with torchrun for DDP."""
@@ -162,7 +183,8 @@ def train_verb(
                    image_size=image_size, val_fraction=val_fraction, resume=resume, log=log.value, device=device,
                    seed=seed, ngf=ngf, ndf=ndf, gan_mode=gan_mode.value, dropout=dropout, save_every=save_every,
                    workers=workers, time_limit=time_limit, threads=threads, split_by=split_by.value,
-                   progress=progress)
+                   perceptual_loss=perceptual_loss, perceptual_net=perceptual_net.value, attention=attention,
+                   augment=augment.value, progress=progress)
     return [result.checkpoint] if result.checkpoint else []
 
 
