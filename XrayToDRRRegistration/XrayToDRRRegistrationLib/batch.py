@@ -73,6 +73,8 @@ class RegistrationOptions:
     search_angle: float = SearchSettings.angle_range_deg
     search_distance: str = ",".join(f"{v:g}" for v in SearchSettings.distance_mm)
     search_shift: float = SearchSettings.shift_mm
+    # --translate: a pix2pix checkpoint translating the X-ray before the similarity (translate_xray.py)
+    translate: str | None = None
 
     def search_settings(self) -> SearchSettings:
         try:
@@ -154,6 +156,11 @@ class Session:
         self.center = center_ras(self.ct)
         self._fast = None
         self._hq = None
+        self.translator = None
+        if options.translate:
+            from .translate_xray import XrayTranslator
+
+            self.translator = XrayTranslator(options.translate, self.device)
 
     @property
     def fast(self):
@@ -210,6 +217,10 @@ class Session:
         logs: list[str] = []
         init, info = initial_pose(self.init, prepared, self.ct, self.device, self.warp, logs.append, o.seed)
         info["log"] = logs
+        if self.translator is not None:  # after the initialisers, before anything compares it with DRRs
+            prepared, seconds = self.translator(prepared)
+            info["translate"] = self.translator.record(seconds)
+            logs.append(f"X-ray translated by {self.translator.checkpoint.name} in {seconds:.2f} s")
         return prepared, init, info
 
     def register(self, xray_path, out_dir, progress: Progress | None = None, prepared=None) -> dict:
@@ -254,7 +265,7 @@ class Session:
         final_img = self.fast.render(final, "preview")
         hq = self.render_hq(final)
         metrics = {
-            "ncc": _ncc(prep.image, hq), "ncc_init": _ncc(prep.image, init_img), "ncc_fast": _ncc(prep.image, final_img),
+            "ncc": _ncc(prep.shown, hq), "ncc_init": _ncc(prep.shown, init_img), "ncc_fast": _ncc(prep.shown, final_img),
             "loss": traj.final_loss, "iterations": traj.iterations, "seconds": time.perf_counter() - started,
             "optimisation_seconds": traj.seconds, "stopped": traj.stopped, "message": traj.message,
             "similarity": o.similarity, "scales": scales, "renderer": o.renderer,
@@ -262,6 +273,8 @@ class Session:
             "stages": R.plain(traj.stage_info), "initializer": {k: v for k, v in info.items() if k != "inlier_mask"},
             "confidence": confidence,
         }
+        if "translate" in info:
+            metrics["translate"] = {**metrics["initializer"].pop("translate"), "ncc_translated": _ncc(prep.image, hq)}
         if traj.stopped == "nan":
             log("WARNING: " + traj.message)
         if confidence["warning"]:
@@ -273,13 +286,14 @@ class Session:
                          "warp": _absolute(o.warp),
                          "labels": list(o.labels) if o.labels else None, "initializer": self.init.kind,
                          "init_value": self.init.value, "scales_resolved": scales})
+        settings["translate"] = _absolute(o.translate)
         params = R.parameters_dict(init, final, traj, scales, settings, self.center)
         out_dir = Path(out_dir)
         with atomic_dir(out_dir) as tmp:
             final.save(tmp / R.POSE)
             R.save_parameters(params, tmp / R.PARAMETERS)
             spacing = (prep.detector.dely, prep.detector.delx)
-            save_image(prep.image, tmp / R.GT, spacing)
+            save_image(prep.shown, tmp / R.GT, spacing)
             save_image(init_img, tmp / R.INIT_IMAGE, spacing)
             save_image(final_img, tmp / R.FINAL_IMAGE, spacing)
             save_image(hq, tmp / R.HQ_DRR, spacing)
@@ -294,7 +308,7 @@ class Session:
 
                 progress.update(0.95, "figure and animation")
                 visualize.evaluation_figure(tmp, tmp / R.FIGURE)
-                visualize.animate(self.fast, params, prep.image, tmp / R.ANIMATION)
+                visualize.animate(self.fast, params, prep.shown, tmp / R.ANIMATION)
             (tmp / R.LOG).write_text("\n".join(lines) + "\n")
         progress.update(1.0, "done")
         return {"xray": str(xray_path), "folder": str(out_dir), "status": "ok", "error": "",
