@@ -83,3 +83,20 @@ def make_registration_folder(folder: str | Path, volume: str | Path, pose, ncc: 
     torch.save({"settings": {"volume": str(volume), "mask": mask, "labels": labels}, "pose": pose.to_dict()},
                folder / "parameters.pt")
     return folder
+
+
+def make_patient_pairs(root: str | Path, counts: dict[str, int], size: int = 32, seed: int = 0) -> Path:
+    """Paired data of several patients: root/xray|drr/PATIENT_NN.png and root/pairs.csv with the `patient` column
+    `xraytodrr pairs --patient-id-from` writes."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    rows = ["name,patient,status"]
+    for patient, n in counts.items():
+        for i in range(n):
+            name = f"{patient}_{i:02d}"
+            drr = anatomy(size, rng) * 0.7
+            write_png16(root / "xray" / f"{name}.png", xray_from_drr(drr, rng) * 0.8)
+            write_png16(root / "drr" / f"{name}.png", drr)
+            rows.append(f"{name},{patient},kept")
+    (root / "pairs.csv").write_text("\n".join(rows) + "\n")
+    return root

@@ -154,6 +154,7 @@ class XrayToDRRRegistrationParameterNode:
     maxIterations: Annotated[int, WithinRange(1, 100000)] = 200
     finalRenderer: Annotated[str, Choice(["auto", "siddon", "trilinear", "fast"])] = "auto"
     saveImages: bool = False
+    translateCheckpoint: Path
     registerOptions: str = ""
     # result and review
     resultPose: vtkMRMLLinearTransformNode
@@ -416,7 +417,8 @@ class XrayToDRRRegistrationWidget(TaskRunnerMixin, ScriptedLoadableModuleWidget,
             subtractBackground=p.subtractBackground, linearize=p.linearize, collimator=p.collimator,
             similarity=p.similarity, scales=p.scales.strip() or "auto", lrRot=p.lrRot, lrXyz=p.lrXyz,
             patience=p.patience, maxIterations=p.maxIterations, renderer=p.finalRenderer,
-            saveImages=p.saveImages, extraArgs=p.registerOptions, opacity=p.opacity)
+            saveImages=p.saveImages, translate=_path(p.translateCheckpoint), extraArgs=p.registerOptions,
+            opacity=p.opacity)
 
     def _registered(self, result) -> None:
         p = self._parameterNode
@@ -940,7 +942,7 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
                  collimator: str = "auto", similarity: str = "gmncc", scales: str = "auto", lrRot: float = 1e-2,
                  lrXyz: float = 1.0, patience: int = 8, maxIterations: int = 200, renderer: str = "auto",
                  saveImages: bool = False, devices: Optional[str] = None, extraArgs=None, name: Optional[str] = None,
-                 opacity: float = 0.5, wait: bool = True, onDone=None):
+                 opacity: float = 0.5, wait: bool = True, onDone=None, translate=None):
         """Register the X-ray node (or an X-ray file, or a folder of them) to the CT node (`xraytodrr register`),
         initialised by exactly one of: `model`
         (pose-model checkpoint), `initPose` (a pose transform node, e.g. the current one, or a pose file),
@@ -949,7 +951,8 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
         markups point lists (on the X-ray, on the CT), or a JSON file). `segmentationNode`/`labels` restrict the
         DRR to those labels. `devices`: the job's --device (default: the module's device); a folder runs one
         worker process per listed device ('cuda:0,cuda:1', 'cpu,cpu'), 'auto' uses every GPU. `extraArgs`: further
-        options of the verb (a string or a list).
+        options of the verb (a string or a list). `translate`: a pix2pix checkpoint (or its run folder) that
+        translates the X-ray before the similarity (--translate; None: none, as the CLI's default).
 
         Returns (pose transform node, DRR node on the detector plane over the X-ray, metrics table node); the pose
         node references them ('XrayToDRR.drr', 'XrayToDRR.xray', 'XrayToDRR.metrics') and keeps the output folder
@@ -1006,6 +1009,9 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
                          ("--save-images", saveImages)):
             if on:
                 args.append(flag)
+        if translate is not None:
+            translate = _abs(translate)
+            args += ["--translate", translate / "latest.pth.tar" if translate.is_dir() else translate]
         args += ["--device", devices or self.device] + self._extra(extraArgs)
         if isFile and Path(xray).is_dir():
             return self.base._run("Registering X-rays", args, folder, [out],

@@ -531,11 +531,13 @@ class XrayToDRRTranslationLogic(ScriptedLoadableModuleLogic):
     # --- verbs -----------------------------------------------------------------------------------------------------
     def buildPairs(self, registrationFolders, outputFolder=None, minNcc: Optional[float] = None,
                    masked: bool = False, useReviews: bool = True, renderer: str = "fast", mode: str = "hq",
-                   minConfidence: float = 0.5, wait: bool = True):
+                   minConfidence: float = 0.5, patientIdFrom: Optional[str] = None, wait: bool = True):
         """Aligned (X-ray, DRR) pairs from registration output folders (`xraytodrr pairs`): a list, or a string
         separated by ';'; each a registration folder or a folder of them. useReviews: rejected folders are left out
         and accepted poses are used (see `reviewedInputs`). renderer: fast (`mode` hq | full) | siddon | trilinear.
         minConfidence: registrations whose confidence is below it are left out (listed in pairs.csv; 0 keeps all).
+        patientIdFrom: each pair's patient id (for train's splitBy="patient"): "parent" | "grandparent" (folder
+        names) | "csv:FILE"; None: one unnamed patient.
         Default output: a new temporary folder. Returns (output folder, table node of pairs.csv)."""
         from XrayToDRRTranslationLib.mrml import csv_to_table_node
 
@@ -555,6 +557,8 @@ class XrayToDRRTranslationLogic(ScriptedLoadableModuleLogic):
             args += ["--min-ncc", minNcc]
         if masked:
             args.append("--masked")
+        if patientIdFrom:
+            args += ["--patient-id-from", patientIdFrom]
         args += [str(f) for f in inputs]
 
         def finish(outputs):
@@ -603,10 +607,15 @@ class XrayToDRRTranslationLogic(ScriptedLoadableModuleLogic):
               beta1: float = 0.5, lambdaL1: float = 100.0, imageSize: int = 256, valFraction: float = 0.1,
               resume=None, log: str = "csv", seed: int = 0, ngf: int = 64, ndf: int = 64, ganMode: str = "vanilla",
               dropout: float = 0.5, saveEvery: int = 5, workers: int = 0, timeLimit: Optional[float] = None,
-              threads: Optional[int] = None, wait: bool = True):
+              threads: Optional[int] = None, splitBy: str = "pair", perceptualLoss: float = 0.0,
+              perceptualNet: str = "discriminator", attention: bool = False, augment: str = "none",
+              wait: bool = True):
         """Train pix2pix (`xraytodrr translate train`) into `runFolder` (default: a new folder). resume: a checkpoint
         or a run folder (its latest.pth.tar) to continue up to `epochs` (architecture, optimiser and split then
-        come from the checkpoint, the data too when `pairsFolder` is None). Returns the run's latest.pth.tar."""
+        come from the checkpoint, the data too when `pairsFolder` is None). splitBy: "pair" (random validation
+        pairs) | "patient" (whole patients held out). perceptualLoss (weight, 0: off) with perceptualNet
+        "discriminator" | "vgg16", attention, augment "none" | "cross-patient": the CLI's options beside the
+        pix2pix default. Returns the run's latest.pth.tar."""
         self.base._requireEngine()
         args = ["translate", "train", "--epochs", int(epochs), "--save-every", int(saveEvery), "--log", log,
                 "--workers", int(workers), "--device", self.device]
@@ -617,7 +626,11 @@ class XrayToDRRTranslationLogic(ScriptedLoadableModuleLogic):
         else:
             args += ["--batch-size", int(batchSize), "--lr", lr, "--beta1", beta1, "--lambda-l1", lambdaL1,
                      "--image-size", int(imageSize), "--val-fraction", valFraction, "--seed", int(seed),
-                     "--ngf", int(ngf), "--ndf", int(ndf), "--gan-mode", ganMode, "--dropout", dropout]
+                     "--ngf", int(ngf), "--ndf", int(ndf), "--gan-mode", ganMode, "--dropout", dropout,
+                     "--split-by", splitBy, "--perceptual-loss", perceptualLoss, "--perceptual-net", perceptualNet,
+                     "--augment", augment]
+            if attention:
+                args.append("--attention")
             self._require(pairsFolder, "training pairs folder")
         runFolder = _abs(runFolder) if runFolder else self.newRunFolder()
         if pairsFolder is not None:

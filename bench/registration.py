@@ -26,6 +26,9 @@ Methods:
   from scratch. The number of steps comes from timing a few steps against --model-minutes (wall time; the schedule
   needs its length up front); a run slowed past 1.5x the budget is cut at its last checkpoint. Training time is
   printed apart from the per-case time.
+- ours, --translate CKPT (with `--translate CKPT`): the default row again, on the same cases and starts, with the
+  X-ray translated by that pix2pix generator before the similarity (`register --translate`); success and median
+  mTRE with and without it side by side. No checkpoint given (or absent): the row is skipped, and says so.
 
 Metrics (`XrayToDRRRegistrationLib.evaluate.pose_errors`): mTRE over at most 5000 bone voxels (HU > 250), success =
 mTRE < 10 mm, geodesic rotation error, translation error at the volume centre (camera frame). Peak memory: the
@@ -161,9 +164,10 @@ def train_model(ct_path: Path, folder: Path, minutes: float, device: str, seed: 
 
 
 def run_ours(ct_path: Path, cases: list[dict], folder: Path, device: str, model: Path | None = None,
-             tag: str = "ours") -> tuple[list[dict], float]:
-    """Session.register on every case from its perturbed pose (or, with `model`, from the regressor's)."""
-    options = RegistrationOptions(volume=str(ct_path), device=device)
+             tag: str = "ours", translate: Path | None = None) -> tuple[list[dict], float]:
+    """Session.register on every case from its perturbed pose (or, with `model`, from the regressor's); with
+    `translate`, the X-ray translated by that pix2pix checkpoint before the similarity (register --translate)."""
+    options = RegistrationOptions(volume=str(ct_path), device=device, translate=str(translate) if translate else None)
     rows = []
     session = None
     prep_s = 0.0
@@ -265,6 +269,10 @@ def main() -> None:
     ap.add_argument("--ct-dir", type=Path, default=None,
                     help="folder with the further CTs of the clinician's-start row (see bench/clinician.py)")
     ap.add_argument("--clinician-n", type=int, default=6, help="clinician's-start cases per CT (0: skip the row)")
+    ap.add_argument("--translate", type=Path, default=None,
+                    help="pix2pix checkpoint: adds the translation-assisted row (register --translate) on the same "
+                         "cases and starts as the default row, e.g. one trained by bench/translation.py --lopo "
+                         "--workdir W on other patients' CTs")
     args = ap.parse_args()
     n = 4 if args.quick else args.n
     minutes = min(args.model_minutes, 3.0) if args.quick else args.model_minutes
@@ -296,6 +304,11 @@ def main() -> None:
                   flush=True)
         if ours:
             results.append(summarize("ours (default settings)", cases, ours, points, center))
+        if args.translate is not None and not args.translate.is_file():
+            print(f"skipped the translation-assisted row: {args.translate} does not exist")
+        elif args.translate is not None:
+            helped, _ = run_ours(ct_path, cases, folder, device, tag="translated", translate=args.translate)
+            results.append(summarize(f"ours, --translate {args.translate.name}", cases, helped, points, center))
         if not args.no_model:
             mine, _ = run_ours(ct_path, cases, folder, device, model=ckpt, tag="model")
             for c, r in zip(cases, mine):

@@ -19,6 +19,12 @@ Not a test: prints a table and a last line saying whether the targets are met.
    skimage.exposure.match_histograms to the pooled histogram of the training DRRs (no test DRR is used).
 Targets: PSNR >= the better baseline + 6 dB and SSIM >= 0.85. Also reported: training throughput (images/s) and the
 peak memory of training (process RSS above its start, or CUDA's peak allocation when on a GPU).
+
+Leave-one-patient-out (`--lopo --ct-dir DIR`, see lopo.py): every CT file in DIR is one patient; pairs of each CT as
+above (--train-poses / --test-poses per CT), then for every CT in turn: train on the pairs of all the others, test
+on the held-out CT's test pairs, with the pix2pix default and each option (--variants: perceptual, attention,
+augment), every one for --budget seconds, and the two baselines in the same run. Targets: the default >= the
+better baseline + 6 dB on every held-out patient; the options are reported as gains or losses against it.
 """
 
 from __future__ import annotations
@@ -115,7 +121,16 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", type=Path, default=None, help="keep the data and run here (default: temporary)")
+    ap.add_argument("--lopo", action="store_true", help="leave-one-patient-out over the CTs of --ct-dir")
+    ap.add_argument("--ct-dir", type=Path, default=None, help="with --lopo: a folder of CTs, one per patient")
+    ap.add_argument("--variants", default="default,perceptual,attention,augment",
+                    help="with --lopo: comma-separated, from default, perceptual, attention, augment")
     args = ap.parse_args()
+    if args.lopo:
+        from lopo import run_lopo
+
+        run_lopo(args)
+        return
 
     from XrayToDRRLib.render import pick_device
     from XrayToDRRTranslationLib.evaluate import evaluate

@@ -74,6 +74,8 @@ class RegistrationOptions:
     search_angle: float = SearchSettings.angle_range_deg
     search_distance: str = ",".join(f"{v:g}" for v in SearchSettings.distance_mm)
     search_shift: float = SearchSettings.shift_mm
+    # --translate: a pix2pix checkpoint translating the X-ray before the similarity (translate_xray.py)
+    translate: str | None = None
 
     def search_settings(self) -> SearchSettings:
         try:
@@ -156,6 +158,11 @@ class Session:
         self._fast = None
         self._hq: dict[str, DRRRenderer] = {}
         self._agreement: dict[tuple, float] = {}  # _fast_agreement per detector and view direction
+        self.translator = None
+        if options.translate:
+            from .translate_xray import XrayTranslator
+
+            self.translator = XrayTranslator(options.translate, self.device)
 
     @property
     def fast(self):
@@ -234,6 +241,10 @@ class Session:
         logs: list[str] = []
         init, info = initial_pose(self.init, prepared, self.ct, self.device, self.warp, logs.append, o.seed)
         info["log"] = logs
+        if self.translator is not None:  # after the initialisers, before anything compares it with DRRs
+            prepared, seconds = self.translator(prepared)
+            info["translate"] = self.translator.record(seconds)
+            logs.append(f"X-ray translated by {self.translator.checkpoint.name} in {seconds:.2f} s")
         info["prepare_seconds"] = round(time.perf_counter() - started, 3)
         return prepared, init, info
 
@@ -291,7 +302,7 @@ class Session:
         hq, final_renderer = self.render_final(final)
         clocked("final_drr")
         metrics = {
-            "ncc": _ncc(prep.image, hq), "ncc_init": _ncc(prep.image, init_img), "ncc_fast": _ncc(prep.image, final_img),
+            "ncc": _ncc(prep.shown, hq), "ncc_init": _ncc(prep.shown, init_img), "ncc_fast": _ncc(prep.shown, final_img),
             "loss": traj.final_loss, "iterations": traj.iterations, "seconds": time.perf_counter() - started,
             "optimisation_seconds": traj.seconds, "stopped": traj.stopped, "message": traj.message,
             "similarity": o.similarity, "scales": scales, "renderer": final_renderer["renderer"],
@@ -300,6 +311,8 @@ class Session:
             "stages": R.plain(traj.stage_info), "initializer": {k: v for k, v in info.items() if k != "inlier_mask"},
             "confidence": confidence,
         }
+        if "translate" in info:
+            metrics["translate"] = {**metrics["initializer"].pop("translate"), "ncc_translated": _ncc(prep.image, hq)}
         if traj.stopped == "nan":
             log("WARNING: " + traj.message)
         if confidence["warning"]:
@@ -311,13 +324,14 @@ class Session:
                          "warp": _absolute(o.warp),
                          "labels": list(o.labels) if o.labels else None, "initializer": self.init.kind,
                          "init_value": self.init.value, "scales_resolved": scales})
+        settings["translate"] = _absolute(o.translate)
         params = R.parameters_dict(init, final, traj, scales, settings, self.center)
         out_dir = Path(out_dir)
         with atomic_dir(out_dir) as tmp:
             final.save(tmp / R.POSE)
             R.save_parameters(params, tmp / R.PARAMETERS)
             spacing = (prep.detector.dely, prep.detector.delx)
-            save_image(prep.image, tmp / R.GT, spacing)
+            save_image(prep.shown, tmp / R.GT, spacing)
             save_image(init_img, tmp / R.INIT_IMAGE, spacing)
             save_image(final_img, tmp / R.FINAL_IMAGE, spacing)
             save_image(hq, tmp / R.HQ_DRR, spacing)
@@ -332,7 +346,7 @@ class Session:
 
                 progress.update(0.95, "figure and animation")
                 visualize.evaluation_figure(tmp, tmp / R.FIGURE)
-                visualize.animate(self.fast, params, prep.image, tmp / R.ANIMATION)
+                visualize.animate(self.fast, params, prep.shown, tmp / R.ANIMATION)
             (tmp / R.LOG).write_text("\n".join(lines) + "\n")
             clocked("write")
             R.write_json(tmp / R.METRICS, R.plain(metrics))  # again, with the writing's own time

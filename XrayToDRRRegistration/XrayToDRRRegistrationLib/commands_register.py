@@ -89,6 +89,9 @@ def register(
     save_images: Annotated[bool, typer.Option("--save-images", help="also write registration.png and .gif")] = False,
     pattern: Annotated[Optional[str], typer.Option(help="glob for the X-rays of a folder (default: image types)")] = None,
     seed: Annotated[int, typer.Option(help="random seed (landmark RANSAC)")] = _D.seed,
+    translate: Annotated[Optional[Path], typer.Option(
+        "--translate", help="pix2pix checkpoint (xraytodrr translate train): translate the X-ray into a DRR-like "
+                            "image before the similarity; gt.png and the metrics keep the original")] = None,
     device: Annotated[str, typer.Option(
         help="auto (every CUDA GPU, else cpu) | cpu | cuda | cuda:N, or a comma-separated list (cuda:0,cuda:1; "
              "cpu,cpu): a folder runs one worker process per device, a single X-ray uses the first")] = _D.device,
@@ -108,7 +111,7 @@ def register(
         max_n_itrs=_itrs(max_n_itrs), max_n_plateaus=max_n_plateaus, renderer=renderer, init_only=init_only,
         save_images=save_images, pattern=pattern, device=device, seed=seed, search=search,
         search_top_k=search_top_k, search_angle=search_angle, search_distance=search_distance,
-        search_shift=search_shift)
+        search_shift=search_shift, translate=str(translate) if translate else _D.translate)
     return run(xray, options, init, output, progress)
 
 

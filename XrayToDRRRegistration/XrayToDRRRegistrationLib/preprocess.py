@@ -43,10 +43,16 @@ class PreparedXray:
     detector: Pose
     xray: Xray
     crop: int = 0
+    original: np.ndarray | None = None  # with --translate: the X-ray before translation (translate_xray.py)
 
     @property
     def path(self) -> Path | None:
         return self.xray.path
+
+    @property
+    def shown(self) -> np.ndarray:
+        """The X-ray as shown and evaluated (gt.png, the NCCs): never the translated image the similarity sees."""
+        return self.image if self.original is None else self.original
 
 
 def prepare_xray(path, sdd: float | None = None, pixel_spacing=None, reducefn: str = "max", crop: int = 0,

@@ -12,7 +12,8 @@ normalises each image anyway). Copy k of pair NAME draws its parameters from (se
 gives the same files, whatever else is in the folder.
 
 Output: OUT/xray/NAME_augKK.png, OUT/drr/NAME_augKK.png (and the originals as NAME.png unless keep_originals is
-off), plus augment.csv with every drawn parameter. The folder is written as a whole (atomically) and never inside
+off), plus augment.csv with every drawn parameter and each copy's patient id (from the input's pairs.csv or
+augment.csv, empty when it has none; see dataset.read_patients). The folder is written as a whole (atomically) and never inside
 its input.
 """
 
@@ -32,7 +33,7 @@ from XrayToDRRLib.atomic import atomic_dir
 from XrayToDRRLib.errors import InputError
 from XrayToDRRLib.progress import Progress
 
-from .dataset import check_pairs, list_pairs, read_gray
+from .dataset import check_pairs, list_pairs, read_gray, read_patients
 from .outputs import check_output_dir
 
 
@@ -147,7 +148,8 @@ def augment(input_dir: str | Path, output_dir: str | Path, copies: int = 4, seed
     pairs = list_pairs(input_dir)
     check_pairs(pairs)
     out = check_output_dir(output_dir, [input_dir], "-o")
-    columns = ["name", "source", "copy", "flip", "angle", "scale", "tx", "ty", "elastic", "gamma", "contrast",
+    patients = read_patients(input_dir)
+    columns = ["name", "patient", "source", "copy", "flip", "angle", "scale", "tx", "ty", "elastic", "gamma", "contrast",
                "blur", "noise"]
     records = []
     with atomic_dir(out) as tmp:
@@ -160,14 +162,15 @@ def augment(input_dir: str | Path, output_dir: str | Path, copies: int = 4, seed
             if keep_originals:
                 write_png16(unit(xray), tmp / "xray" / f"{pair.name}.png")
                 write_png16(unit(drr), tmp / "drr" / f"{pair.name}.png")
-                records.append({"name": pair.name, "source": pair.name, "copy": 0})
+                records.append({"name": pair.name, "patient": patients.get(pair.name, ""), "source": pair.name,
+                                "copy": 0})
             for k in range(1, copies + 1):
                 x, y, params = augment_pair(xray, drr, copy_rng(seed, pair.name, k), settings)
                 name = f"{pair.name}_aug{k:02d}"
                 write_png16(x, tmp / "xray" / f"{name}.png")
                 write_png16(y, tmp / "drr" / f"{name}.png")
-                records.append({"name": name, "source": pair.name, "copy": k,
-                                **{c: params.get(c) for c in columns[3:]}})
+                records.append({"name": name, "patient": patients.get(pair.name, ""), "source": pair.name,
+                                "copy": k, **{c: params.get(c) for c in columns[4:]}})
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
         writer.writeheader()

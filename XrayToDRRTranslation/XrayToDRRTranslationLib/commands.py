@@ -30,6 +30,21 @@ class GanMode(str, Enum):
     lsgan = "lsgan"
 
 
+class PerceptualNet(str, Enum):
+    discriminator = "discriminator"
+    vgg16 = "vgg16"
+
+
+class Augment(str, Enum):
+    none = "none"
+    cross_patient = "cross-patient"
+
+
+class SplitBy(str, Enum):
+    pair = "pair"
+    patient = "patient"
+
+
 class Axis(str, Enum):
     x = "x"
     y = "y"
@@ -56,6 +71,10 @@ def pairs_verb(
     renderer: Annotated[str, typer.Option(
         help="DRR renderer: fast (volume pyramid, see --mode) | siddon (exact) | trilinear (DiffDRR)")] = "fast",
     mode: Annotated[str, typer.Option(help="with --renderer fast: hq (detector-matched) | full (original voxels)")] = "hq",
+    patient_id_from: Annotated[Optional[str], typer.Option(
+        "--patient-id-from", help="patient id of each pair (pairs.csv column `patient`, for translate train "
+                                  "--split-by patient): parent | grandparent (folder names) | csv:FILE (columns "
+                                  "folder, patient); default: none (one unnamed patient)")] = None,
     device: DeviceOption = "auto",
     progress: ProgressOption = "bar",
 ):
@@ -63,17 +82,23 @@ def pairs_verb(
     from .pairs import build_pairs, pairs_from_volumes
 
     use_volumes = volumes is not None and volumes[0] is not None
+    if use_volumes and patient_id_from:
+        raise InputError("--patient-id-from applies to registration folders, not --volumes", None,
+                         "drop --patient-id-from")
     if use_volumes and folders:
         raise InputError("give either registration folders or --volumes, not both", None,
                          "run `xraytodrr pairs` once for each kind")
     if use_volumes:
         report = pairs_from_volumes(volumes[0], volumes[1], output, axis=axis.value, progress=progress)
     elif folders:
-        report = build_pairs(folders, output, min_ncc=min_ncc, min_confidence=min_confidence, masked=masked, device=device, progress=progress,
-                             renderer=renderer, mode=mode)
+        report = build_pairs(folders, output, min_ncc=min_ncc, min_confidence=min_confidence, masked=masked,
+                             device=device, progress=progress, renderer=renderer, mode=mode,
+                             patient_id_from=patient_id_from)
     else:
         raise InputError("no inputs", None, "give registration output folders, or --volumes INPUT TARGET")
     typer.echo(f"wrote {len(report.kept)} pair(s) to {report.output}")
+    if report.patient_summary():
+        typer.echo(report.patient_summary())
     if report.dropped:
         typer.echo(f"dropped {len(report.dropped)}: " + "; ".join(f"{d['name']} ({d['reason']})"
                                                                    for d in report.dropped))
@@ -119,7 +144,11 @@ def train_verb(
     lambda_l1: Annotated[float, typer.Option("--lambda-l1", help="weight of the L1 term")] = 100.0,
     image_size: Annotated[int, typer.Option(
         "--image-size", help="network input size; a multiple of 2**depth (256 and up: of 256)")] = 256,
-    val_fraction: Annotated[float, typer.Option("--val-fraction", help="pairs held out for validation")] = 0.1,
+    val_fraction: Annotated[float, typer.Option(
+        "--val-fraction", help="pairs (or, --split-by patient, patients) held out for validation")] = 0.1,
+    split_by: Annotated[SplitBy, typer.Option(
+        "--split-by", help="pair: random validation pairs; patient: whole patients held out (ids from `pairs "
+                           "--patient-id-from`), none in both sets")] = SplitBy.pair,
     resume: Annotated[Optional[Path], typer.Option(help="checkpoint to continue (latest.pth.tar)")] = None,
     log: Annotated[Logger, typer.Option(help="csv; tensorboard (if installed) or wandb (offline) too")] = Logger.csv,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda (torchrun: one GPU per process)")] = "auto",
@@ -134,6 +163,17 @@ def train_verb(
     time_limit: Annotated[Optional[float], typer.Option(
         "--time-limit", help="stop (and save) after the first epoch that ends past this many seconds")] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: torch's choice)")] = None,
+    perceptual_loss: Annotated[float, typer.Option(
+        "--perceptual-loss", help="weight of a feature loss added to the generator's (0: off, pix2pix)")] = 0.0,
+    perceptual_net: Annotated[PerceptualNet, typer.Option(
+        "--perceptual-net", help="discriminator: feature matching on the PatchGAN's activations; vgg16: "
+                                 "torchvision's, only if its weights are already in the torch cache")
+    ] = PerceptualNet.discriminator,
+    attention: Annotated[bool, typer.Option(
+        "--attention", help="attention gates in the U-Net's skip connections (Oktay et al.)")] = False,
+    augment: Annotated[Augment, typer.Option(
+        "--augment", help="cross-patient: per-epoch body size, exposure, processing, blur and noise "
+                          "(geometry on both images, the rest on the X-ray)")] = Augment.none,
     progress: ProgressOption = "bar",
 ):
     """Train pix2pix (U-Net generator + 70x70 PatchGAN) on X-ray -> DRR pairs; launch with torchrun for DDP."""
@@ -142,7 +182,9 @@ def train_verb(
     result = train(data, output, epochs=epochs, batch_size=batch_size, lr=lr, beta1=beta1, lambda_l1=lambda_l1,
                    image_size=image_size, val_fraction=val_fraction, resume=resume, log=log.value, device=device,
                    seed=seed, ngf=ngf, ndf=ndf, gan_mode=gan_mode.value, dropout=dropout, save_every=save_every,
-                   workers=workers, time_limit=time_limit, threads=threads, progress=progress)
+                   workers=workers, time_limit=time_limit, threads=threads, split_by=split_by.value,
+                   perceptual_loss=perceptual_loss, perceptual_net=perceptual_net.value, attention=attention,
+                   augment=augment.value, progress=progress)
     return [result.checkpoint] if result.checkpoint else []
 
 

@@ -123,6 +123,21 @@ def image_info(path: Path) -> tuple[int, int, int]:
     return int(shape[0]), int(shape[1]), int(channels)
 
 
+def image_spacing(path: Path) -> tuple[float, float] | None:
+    """(row, col) pixel spacing from the header, or None where the file records none (.npy, or the unit spacing a
+    PNG without a pHYs chunk reads as): only two recorded spacings are compared."""
+    if suffix_of(path) == ".npy":
+        return None
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    col, row = reader.GetSpacing()[:2]
+    return None if np.allclose((row, col), 1.0) else (float(row), float(col))
+
+
 def read_gray(path: str | Path) -> np.ndarray:
     """(H, W) float32; RGB(A) becomes luminance."""
     path = Path(path)
@@ -174,6 +189,11 @@ def check_pairs(pairs: list[Pair]) -> dict:
             elif kind != first_kind[0]:
                 raise InputError(f"is {kind} while {first_kind[1]} is {first_kind[0]}: grayscale and RGB images "
                                  "are mixed", path, "convert all images to grayscale (one channel)")
+        sx, sd = image_spacing(pair.xray), image_spacing(pair.drr)
+        if sx and sd and not np.allclose(sx, sd, rtol=0.01):
+            raise InputError(f"pixel spacing {sx[0]:.4g} x {sx[1]:.4g} mm differs from its DRR's {sd[0]:.4g} x "
+                             f"{sd[1]:.4g} mm ({pair.drr}): the images do not show the same geometry", pair.xray,
+                             "render the DRR at the X-ray's pose and detector (xraytodrr pairs does)")
         sizes[(hx, wx)] = sizes.get((hx, wx), 0) + 1
     return {"channels": 1 if first_kind[0] == "grayscale" else 3, "sizes": sizes}
 
@@ -205,6 +225,60 @@ def resize(img: np.ndarray | torch.Tensor, size: tuple[int, int]) -> np.ndarray 
         t = torch.nn.functional.interpolate(t, size=tuple(int(s) for s in size), mode="bilinear",
                                             align_corners=False, antialias=shrink)
     return t if tensor else t[0, 0].numpy()
+
+
+# --- patients -------------------------------------------------------------------------------------------------
+PATIENT_TABLES = ("pairs.csv", "augment.csv")  # written by `xraytodrr pairs` / `xraytodrr augment`
+FIX_PATIENTS = ("build the pairs with `xraytodrr pairs --patient-id-from parent|grandparent|csv:FILE` (augment "
+                "keeps the ids), or use --split-by pair")
+
+
+def read_patients(root: str | Path) -> dict[str, str]:
+    """Pair name -> patient id from the folder's pairs.csv or augment.csv `patient` column (empty cells and
+    missing tables give no id)."""
+    import csv
+
+    out: dict[str, str] = {}
+    for table in PATIENT_TABLES:
+        path = Path(root) / table
+        if not path.is_file():
+            continue
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                if row.get("status", "kept") == "kept" and (row.get("patient") or "").strip():
+                    out.setdefault(row["name"], row["patient"].strip())
+    return out
+
+
+def patients_of(names: list[str], root: str | Path) -> dict[str, str]:
+    """Every name's patient id; InputError listing the pairs that have none."""
+    ids = read_patients(root)
+    missing = sorted(n for n in names if n not in ids)
+    if missing:
+        raise InputError(f"{len(missing)} pair(s) have no patient id for --split-by patient: {few(missing)}",
+                         Path(root) / "pairs.csv", FIX_PATIENTS)
+    return {n: ids[n] for n in names}
+
+
+def pairs_per_patient(patients: dict[str, str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for p in sorted(patients.values()):
+        counts[p] = counts.get(p, 0) + 1
+    return counts
+
+
+def split_by_patient(patients: dict[str, str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """(train, validation) names with whole patients held out: round(val_fraction x patients) of them (at least
+    one, at most all but one), drawn by a permutation of the sorted ids from `seed`. No patient is in both."""
+    ids = sorted(set(patients.values()))
+    if len(ids) < 2:
+        raise InputError(f"--split-by patient needs pairs of at least two patients, got {len(ids)} "
+                         f"({few(ids) or 'none'})", None,
+                         "add pairs of other patients, or use --split-by pair")
+    val_ids = set(split_names(ids, val_fraction, seed)[1])
+    train = sorted(n for n, p in patients.items() if p not in val_ids)
+    val = sorted(n for n, p in patients.items() if p in val_ids)
+    return train, val
 
 
 # --- split and torch Dataset ----------------------------------------------------------------------------------

@@ -8,6 +8,11 @@ must be a multiple of 2**depth (for 256 px and more: of 256).
 Discriminator: C64-C128-C256-C512 (4x4 convolutions, the last one stride 1) then a 1-channel convolution: each
 output logit sees a 70x70 patch of the (input, image) pair stacked as two channels.
 
+Attention (`attention`, off by default; Oktay et al. 2018, Attention U-Net): each skip connection passes through an
+additive attention gate, x * sigmoid(psi(relu(W_x x + W_g g))), the gating signal g being the decoder's output at
+that level (the coarser level upsampled), so the decoder can suppress skip features that carry patient-specific
+detail. The gates' 1x1 convolutions are the only new weights: checkpoints without them load as before.
+
 Normalisation: instance norm without affine parameters in both networks. pix2pix's default is batch norm with batch
 size 1, which is instance norm while training; instance norm keeps that behaviour at test time, for any batch size
 and under DistributedDataParallel (no batch statistics to synchronise).
@@ -47,15 +52,30 @@ def check_image_size(image_size: int) -> int:
     return depth
 
 
+class AttentionGate(nn.Module):
+    """Additive attention gate on a skip connection: the skip `x` scaled per pixel by a weight in (0, 1) computed
+    from `x` and the gating signal `g` (same spatial size)."""
+
+    def __init__(self, x_channels: int, g_channels: int, inter_channels: int):
+        super().__init__()
+        self.wx = nn.Conv2d(x_channels, inter_channels, 1)
+        self.wg = nn.Conv2d(g_channels, inter_channels, 1)
+        self.psi = nn.Conv2d(inter_channels, 1, 1)
+
+    def forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.psi(torch.relu(self.wx(x) + self.wg(g))))
+
+
 class UnetBlock(nn.Module):
     """One U-Net level: down-convolution, the inner levels, up-convolution; its output is concatenated with its
-    input (the skip connection) except at the outermost level."""
+    input (the skip connection, through an attention gate with `attention`) except at the outermost level."""
 
     def __init__(self, outer: int, inner: int, in_channels: int | None = None, submodule: nn.Module | None = None,
-                 outermost: bool = False, innermost: bool = False, dropout: float = 0.0):
+                 outermost: bool = False, innermost: bool = False, dropout: float = 0.0, attention: bool = False):
         super().__init__()
         self.outermost = outermost
         in_channels = in_channels or outer
+        self.gate = AttentionGate(in_channels, outer, max(outer // 2, 1)) if attention and not outermost else None
         down = nn.Conv2d(in_channels, inner, kernel_size=4, stride=2, padding=1)
         if outermost:
             layers = [down, submodule, nn.ReLU(),
@@ -72,21 +92,24 @@ class UnetBlock(nn.Module):
         self.model = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x) if self.outermost else torch.cat([x, self.model(x)], dim=1)
+        if self.outermost:
+            return self.model(x)
+        y = self.model(x)
+        return torch.cat([x if self.gate is None else self.gate(x, y), y], dim=1)
 
 
 class UnetGenerator(nn.Module):
     def __init__(self, in_channels: int = 1, out_channels: int = 1, depth: int = 8, ngf: int = 64,
-                 dropout: float = 0.5):
+                 dropout: float = 0.5, attention: bool = False):
         super().__init__()
         if depth < 5:
             raise ValueError("the U-Net needs depth >= 5")
-        block = UnetBlock(ngf * 8, ngf * 8, innermost=True)
+        block = UnetBlock(ngf * 8, ngf * 8, innermost=True, attention=attention)
         for _ in range(depth - 5):
-            block = UnetBlock(ngf * 8, ngf * 8, submodule=block, dropout=dropout)
-        block = UnetBlock(ngf * 4, ngf * 8, submodule=block)
-        block = UnetBlock(ngf * 2, ngf * 4, submodule=block)
-        block = UnetBlock(ngf, ngf * 2, submodule=block)
+            block = UnetBlock(ngf * 8, ngf * 8, submodule=block, dropout=dropout, attention=attention)
+        block = UnetBlock(ngf * 4, ngf * 8, submodule=block, attention=attention)
+        block = UnetBlock(ngf * 2, ngf * 4, submodule=block, attention=attention)
+        block = UnetBlock(ngf, ngf * 2, submodule=block, attention=attention)
         self.model = UnetBlock(out_channels, ngf, in_channels=in_channels, submodule=block, outermost=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -111,6 +134,15 @@ class PatchDiscriminator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
+    def features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """(the activations after each LeakyReLU, the logits): the feature-matching loss compares the first."""
+        feats = []
+        for layer in self.model:
+            x = layer(x)
+            if isinstance(layer, nn.LeakyReLU):
+                feats.append(x)
+        return feats, x
+
 
 def init_weights(module: nn.Module, gain: float = 0.02) -> nn.Module:
     """pix2pix initialisation: convolution weights ~ N(0, 0.02), biases 0 (uses torch's global RNG)."""
@@ -124,7 +156,7 @@ def init_weights(module: nn.Module, gain: float = 0.02) -> nn.Module:
 
 def build_generator(config: dict) -> UnetGenerator:
     return UnetGenerator(config.get("in_channels", 1), config.get("out_channels", 1), int(config["unet_depth"]),
-                         int(config["ngf"]), float(config.get("dropout", 0.5)))
+                         int(config["ngf"]), float(config.get("dropout", 0.5)), bool(config.get("attention", False)))
 
 
 def build_discriminator(config: dict) -> PatchDiscriminator:

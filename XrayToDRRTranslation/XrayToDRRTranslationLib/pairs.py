@@ -17,6 +17,12 @@ confidence (metrics.json `confidence`, see XrayToDRRRegistrationLib/confidence.p
 and the log says they carry none). By default the DRR is rendered from
 the whole CT; `masked` renders only the settings' mask labels (as registration rendered them).
 
+Patients (`patient_id_from`, for `translate train --split-by patient`): None (one unnamed patient, the `patient`
+column left empty), "parent" / "grandparent" (the name of the registration folder's parent or grandparent, e.g.
+REG/PATIENT/XRAY or PATIENT/SESSION/XRAY), or "csv:FILE" (a CSV with columns `folder` and `patient`; `folder` is
+a registration folder's path, absolute or relative to the CSV, or its name). Every case must get an id; the report
+counts the kept pairs per patient.
+
 `pairs_from_volumes` cuts two volumes on the same grid (e.g. MRI -> CT) into slices along an index axis:
 OUT/xray/STEM_zNNNN.png from the first (input) and OUT/drr/... from the second (target), each volume windowed to
 16 bits by its own 0.5/99.5 percentiles (so slices keep their relative brightness); slices where either is blank
@@ -60,6 +66,7 @@ class Case:
     volume: Path
     mask: Path | None
     labels: list | None
+    patient: str = ""
 
     @property
     def ncc(self) -> float | None:
@@ -89,9 +96,67 @@ class PairsReport:
     kept: list[str]
     dropped: list[dict]   # {"name", "reason"}
     table: Path
+    patients: dict[str, int] = dataclasses.field(default_factory=dict)   # kept pairs per patient id
+
+    def patient_summary(self) -> str:
+        """'3 patients: A 4 pairs, B 2 pairs, C 1 pair' ('' when no ids were given)."""
+        named = {k: v for k, v in self.patients.items() if k}
+        if not named:
+            return ""
+        return f"{len(named)} patient(s): " + ", ".join(f"{k} {v} pair{'s' * (v != 1)}" for k, v in named.items())
 
 
 # --- registration folders -------------------------------------------------------------------------------------
+PATIENT_SOURCES = ("parent", "grandparent", "csv:FILE")
+FIX_PATIENT = "use --patient-id-from parent, grandparent or csv:FILE (columns folder, patient)"
+
+
+def assign_patients(cases: list[Case], source: str | None) -> None:
+    """Set each case's patient id from the folder layout or a CSV (see the module docstring)."""
+    if not source:
+        return
+    if source in ("parent", "grandparent"):
+        for c in cases:
+            folder = c.folder.parent if source == "parent" else c.folder.parent.parent
+            c.patient = folder.name
+            if not c.patient:
+                raise InputError(f"has no {source} folder to name its patient", c.folder, FIX_PATIENT)
+        return
+    if not source.startswith("csv:"):
+        raise InputError(f"unknown --patient-id-from '{source}'", None, FIX_PATIENT)
+    table = require_file(source[4:], "patient CSV")
+    ids = _read_patient_csv(table)
+    missing = []
+    for c in cases:
+        c.patient = ids.get(str(c.folder.resolve())) or ids.get(c.folder.name) or ""
+        if not c.patient:
+            missing.append(c.folder.name)
+    if missing:
+        raise InputError(f"names no patient for {len(missing)} registration folder(s): {', '.join(missing[:8])}",
+                         table, "add a row (folder, patient) for each of them")
+
+
+def _read_patient_csv(path: Path) -> dict[str, str]:
+    """folder (resolved path, and bare name) -> patient id."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise InputError(f"cannot read as a CSV ({e})", path, "write columns folder,patient") from None
+    if not rows or not {"folder", "patient"} <= set(rows[0]):
+        raise InputError("needs the columns folder and patient", path, "write a header line folder,patient")
+    out: dict[str, str] = {}
+    for row in rows:
+        folder, patient = (row.get("folder") or "").strip(), (row.get("patient") or "").strip()
+        if not folder or not patient:
+            continue
+        p = Path(folder)
+        p = p if p.is_absolute() else path.parent / p
+        out[str(p.resolve())] = patient
+        out.setdefault(Path(folder).name, patient)
+    return out
+
+
 def find_registration_folders(paths: list[str | Path]) -> list[Path]:
     """Each path is a registration folder, or a folder whose direct subfolders are."""
     found: list[Path] = []
@@ -161,7 +226,8 @@ def _unique_names(cases: list[Case]) -> None:
 
 def build_pairs(folders: list[str | Path], output: str | Path, min_ncc: float | None = None, masked: bool = False,
                 device: str = "auto", progress: Progress | None = None, renderer: str = "fast",
-                mode: str = "hq", min_confidence: float = DEFAULT_MIN_CONFIDENCE) -> PairsReport:
+                mode: str = "hq", min_confidence: float = DEFAULT_MIN_CONFIDENCE,
+                patient_id_from: str | None = None) -> PairsReport:
     """(X-ray, DRR) pairs from registration output folders (see the module docstring)."""
     from XrayToDRRLib.drr_engine import DRREngine, check_engine
     from XrayToDRRLib.render import label_mask
@@ -172,6 +238,7 @@ def build_pairs(folders: list[str | Path], output: str | Path, min_ncc: float | 
     paths = find_registration_folders(folders)
     cases = [read_case(p) for p in paths]
     _unique_names(cases)
+    assign_patients(cases, patient_id_from)
     dropped: list[dict] = []
     kept: list[Case] = []
     for c in cases:
@@ -227,12 +294,15 @@ def build_pairs(folders: list[str | Path], output: str | Path, min_ncc: float | 
         (tmp / "pairs.csv").write_text(table)
     progress.log(f"wrote {len(kept)} pair(s) to {out}" + (f"; dropped {len(dropped)}" if dropped else ""))
     progress.update(1.0, "done")
-    return PairsReport(out, [c.name for c in kept], dropped, out / "pairs.csv")
+    patients: dict[str, int] = {}
+    for c in sorted(kept, key=lambda c: c.patient):
+        patients[c.patient] = patients.get(c.patient, 0) + 1
+    return PairsReport(out, [c.name for c in kept], dropped, out / "pairs.csv", patients)
 
 
 def _registration_table(cases: list[Case], dropped: dict, masked: bool) -> str:
-    columns = ["name", "status", "reason", "registration_folder", "xray_source", "volume", "mask", "labels",
-               "drr_masked", "ncc", "metrics", "sdd", "height", "width", "delx", "dely", "x0", "y0",
+    columns = ["name", "patient", "status", "reason", "registration_folder", "xray_source", "volume", "mask",
+               "labels", "drr_masked", "ncc", "metrics", "sdd", "height", "width", "delx", "dely", "x0", "y0",
                "world_from_camera"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
@@ -240,7 +310,8 @@ def _registration_table(cases: list[Case], dropped: dict, masked: bool) -> str:
     for c in cases:
         p = c.pose
         writer.writerow({
-            "name": c.name, "status": "dropped" if c.name in dropped else "kept", "reason": dropped.get(c.name, ""),
+            "name": c.name, "patient": c.patient, "status": "dropped" if c.name in dropped else "kept",
+            "reason": dropped.get(c.name, ""),
             "registration_folder": str(c.folder), "xray_source": str(c.gt), "volume": str(c.volume),
             "mask": str(c.mask) if c.mask else "", "labels": json.dumps(c.labels) if c.labels else "",
             "drr_masked": bool(masked and c.mask), "ncc": "" if c.ncc is None else c.ncc,

@@ -1,7 +1,7 @@
 """pix2pix training: X-ray (input) -> DRR (target) on a paired-data folder (see dataset.py).
 
 Losses: discriminator 0.5 [GAN(D(x, y), real) + GAN(D(x, G(x)), fake)]; generator GAN(D(x, G(x)), real) +
-lambda_l1 * |G(x) - y|_1 (lambda = 100). GAN = BCEWithLogits ('vanilla', the paper's, default) or least squares
+lambda_l1 * |G(x) - y|_1 (lambda = 100) [+ perceptual_loss * a feature loss, see perceptual.py]. GAN = BCEWithLogits ('vanilla', the paper's, default) or least squares
 ('lsgan'). Adam (lr 2e-4, betas (0.5, 0.999)) for both networks, constant learning rate. Real and fake pairs go
 through D in one batch (instance norm makes that identical to two passes).
 
@@ -17,6 +17,11 @@ the checkpoint holds every random state, so `--resume` continues the very same r
 Multi-GPU with torchrun (XrayToDRRLib.distributed): each process trains on its DistributedSampler shard with
 `--batch-size` images per step and DDP averages the gradients. Only rank 0 validates and writes files; the others
 wait for it at the end of each epoch.
+
+Options beside the pix2pix default, each off unless asked for and recorded in the config (so predict rebuilds the
+same network; checkpoints from before they existed load as the default): `perceptual_loss` WEIGHT with
+`perceptual_net` (perceptual.py), `attention` (attention gates in the U-Net skips, networks.py), `augment`
+"cross-patient" (cross_patient.py: body size, exposure, processing, blur and noise, drawn per pair and epoch).
 """
 
 from __future__ import annotations
@@ -38,14 +43,18 @@ from XrayToDRRLib.errors import InputError
 from XrayToDRRLib.progress import Progress
 from XrayToDRRLib.rng import rng_state, set_rng_state
 
+from . import perceptual
 from .checkpoint import load_checkpoint, load_state, save_checkpoint
-from .dataset import NORMALIZATION, PairDataset, check_pairs, list_pairs, split_names
+from .cross_patient import CrossPatientDataset, check_augment
+from .dataset import (NORMALIZATION, PairDataset, check_pairs, list_pairs, pairs_per_patient, patients_of,
+                      read_patients, split_by_patient, split_names)
 from .metrics import psnr, ssim
 from .networks import (GANLoss, build_discriminator, build_generator, check_image_size, cpu_convolutions,
                        init_weights)
 
 LOG_COLUMNS = ["epoch", "step", "loss_G", "loss_D", "loss_L1", "val_psnr", "val_ssim", "seconds", "images_per_s"]
 LOGGERS = ("csv", "tensorboard", "wandb")
+SPLITS = ("pair", "patient")
 SAMPLE_ROWS = 4
 
 
@@ -62,17 +71,22 @@ def train(data: str | Path | None, output: str | Path, epochs: int = 200, batch_
           beta1: float = 0.5, lambda_l1: float = 100.0, image_size: int = 256, val_fraction: float = 0.1,
           resume: str | Path | None = None, log: str = "csv", device: str = "auto", seed: int = 0, ngf: int = 64,
           ndf: int = 64, gan_mode: str = "vanilla", dropout: float = 0.5, save_every: int = 5, workers: int = 0,
-          time_limit: float | None = None, threads: int | None = None, progress: Progress | None = None
-          ) -> TrainResult:
+          time_limit: float | None = None, threads: int | None = None, split_by: str = "pair",
+          perceptual_loss: float = 0.0, perceptual_net: str = "discriminator", attention: bool = False,
+          augment: str = "none", progress: Progress | None = None) -> TrainResult:
     """Train (or, with `resume`, continue) pix2pix on DATA (xray/ + drr/) into the run folder `output`.
     `epochs` is the total number of epochs (a resumed run continues up to it). `time_limit` (seconds) stops at the
     end of the first epoch that passes it (and saves). `threads`: CPU threads for torch during training (default:
-    torch's; on a busy machine 1 thread can be many times faster for small images). With `resume`, the
-    architecture, optimiser settings, seed and train/validation split come from the checkpoint."""
+    torch's; on a busy machine 1 thread can be many times faster for small images). `split_by`: "pair" draws
+    validation pairs; "patient" holds out whole patients (ids from the data's pairs.csv, see dataset.py), so no
+    patient is in both sets. With `resume`, the architecture, optimiser settings, seed and train/validation split
+    come from the checkpoint."""
     progress = progress or Progress()
     _check_numbers(epochs, batch_size, lr, lambda_l1, save_every, workers)
     if log not in LOGGERS:
         raise InputError(f"unknown logger '{log}'", None, f"use one of {', '.join(LOGGERS)}")
+    if split_by not in SPLITS:
+        raise InputError(f"unknown split '{split_by}'", None, f"use --split-by {' or '.join(SPLITS)}")
     checkpoint = None
     if resume is not None:
         checkpoint = load_checkpoint(resume)
@@ -92,7 +106,18 @@ def train(data: str | Path | None, output: str | Path, epochs: int = 200, batch_
         if not 0.0 <= dropout < 1.0:
             raise InputError(f"dropout must be in [0, 1), got {dropout}", None, "pass --dropout 0.5")
         GANLoss(gan_mode)  # validates the name
-        train_names, val_names = split_names(list(by_name), val_fraction, seed)
+        check_augment(augment)
+        if perceptual_loss < 0:
+            raise InputError(f"perceptual-loss weight must not be negative, got {perceptual_loss}", None,
+                             "pass --perceptual-loss 10 (or 0: off)")
+        if perceptual_loss > 0:
+            perceptual.check_network(perceptual_net)
+        if split_by == "patient":
+            patients = patients_of(list(by_name), data)
+            train_names, val_names = split_by_patient(patients, val_fraction, seed)
+        else:
+            patients = read_patients(data)
+            train_names, val_names = split_names(list(by_name), val_fraction, seed)
         config = {
             "model": "pix2pix", "in_channels": 1, "out_channels": 1, "image_size": int(image_size),
             "unet_depth": depth, "ngf": int(ngf), "ndf": int(ndf), "n_layers_d": 3, "norm": "instance",
@@ -100,6 +125,9 @@ def train(data: str | Path | None, output: str | Path, epochs: int = 200, batch_
             "beta1": float(beta1), "beta2": 0.999, "batch_size": int(batch_size), "seed": int(seed),
             "val_fraction": float(val_fraction), "normalization": dict(NORMALIZATION),
             "source_channels": int(channels), "train_names": train_names, "val_names": val_names,
+            "split_by": split_by, "patients": {n: patients[n] for n in sorted(patients) if n in by_name},
+            "perceptual_loss": float(perceptual_loss), "perceptual_net": perceptual_net,
+            "attention": bool(attention), "augment": augment,
         }
     else:
         absent = sorted(set(config["train_names"] + config["val_names"]) - set(by_name))
@@ -158,7 +186,10 @@ def _train(config, checkpoint, resume, pairs, by_name, run_dir, logger_factory, 
         set_rng_state(ranks[info.rank] if len(ranks) == info.world_size else checkpoint["rng"])
     gen_model, disc_model = distributed.wrap(gen, info, dev), distributed.wrap(disc, info, dev)
 
-    train_set = PairDataset([by_name[n] for n in config["train_names"]], config["image_size"], config["normalization"])
+    train_pairs = [by_name[n] for n in config["train_names"]]
+    augmented = config.get("augment", "none") == "cross-patient"
+    train_set = CrossPatientDataset(train_pairs, config["image_size"], config["normalization"], seed) if augmented \
+        else PairDataset(train_pairs, config["image_size"], config["normalization"])
     val_pairs = [by_name[n] for n in config["val_names"]]
     val_set = PairDataset(val_pairs, config["image_size"], config["normalization"]) if info.is_main else None
     sample_set = val_set if val_set is not None and len(val_set) else \
@@ -168,19 +199,27 @@ def _train(config, checkpoint, resume, pairs, by_name, run_dir, logger_factory, 
         train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed, drop_last=False)
     loader = torch.utils.data.DataLoader(
         train_set, batch_size=config["batch_size"], sampler=sampler, num_workers=config["workers"],
-        persistent_workers=config["workers"] > 0, generator=torch.Generator().manual_seed(seed),
+        persistent_workers=config["workers"] > 0 and not augmented,  # workers must see each epoch's set_epoch
+        generator=torch.Generator().manual_seed(seed),
         pin_memory=dev.type == "cuda")
     gan_loss = GANLoss(config["gan_mode"]).to(dev)
     l1 = torch.nn.L1Loss()
     lam = config["lambda_l1"]
+    weight_p = float(config.get("perceptual_loss", 0.0))
+    vgg = perceptual.VGGLoss().to(dev) if weight_p > 0 and config.get("perceptual_net") == "vgg16" else None
 
     logger = None
     if info.is_main:
         (run_dir / "samples").mkdir(parents=True, exist_ok=True)
         logger = logger_factory(run_dir, config)
         _write_log(run_dir / "log.csv", history)
+        progress.log(patient_summary(config))
+        extras = [f"perceptual loss x{weight_p:g} ({config.get('perceptual_net')})"] if weight_p > 0 else []
+        extras += ["attention gates"] if config.get("attention") else []
+        extras += ["cross-patient augmentation"] if augmented else []
         progress.log(f"training on {len(train_set)} pairs ({len(val_pairs)} for validation), "
                      f"{config['image_size']} px, U-Net depth {config['unet_depth']}, device {dev}"
+                     + "".join(", " + e for e in extras)
                      + (f", {info.world_size} processes" if info.enabled else "")
                      + (f", resumed at epoch {start_epoch}" if checkpoint is not None else ""))
 
@@ -191,6 +230,8 @@ def _train(config, checkpoint, resume, pairs, by_name, run_dir, logger_factory, 
     try:
         for epoch in range(start_epoch + 1, epochs + 1):
             sampler.set_epoch(epoch)
+            if augmented:
+                train_set.set_epoch(epoch)
             gen_model.train()
             disc_model.train()
             t0 = time.monotonic()
@@ -210,7 +251,17 @@ def _train(config, checkpoint, resume, pairs, by_name, run_dir, logger_factory, 
                 _requires_grad(disc, False)
                 opt_g.zero_grad(set_to_none=True)
                 loss_l1 = l1(fake, y)
-                loss_g = gan_loss(disc(torch.cat([x, fake], 1)), True) + lam * loss_l1
+                if weight_p > 0:
+                    fake_feats, fake_logits = disc.features(torch.cat([x, fake], 1))
+                    if vgg is not None:
+                        loss_p = vgg(fake, y)
+                    else:
+                        with torch.no_grad():
+                            real_feats = disc.features(torch.cat([x, y], 1))[0]
+                        loss_p = perceptual.feature_matching(fake_feats, real_feats)
+                    loss_g = gan_loss(fake_logits, True) + lam * loss_l1 + weight_p * loss_p
+                else:
+                    loss_g = gan_loss(disc(torch.cat([x, fake], 1)), True) + lam * loss_l1
                 loss_g.backward()
                 opt_g.step()
                 losses.append(torch.stack([loss_g.detach(), loss_d.detach(), loss_l1.detach()]))
@@ -265,6 +316,18 @@ def _train(config, checkpoint, resume, pairs, by_name, run_dir, logger_factory, 
 
 
 # --- helpers --------------------------------------------------------------------------------------------------
+def patient_summary(config: dict) -> str:
+    """The data set's pairs per patient, and which patients validate (a split by patient)."""
+    patients = config.get("patients") or {}
+    if not patients:
+        return "pairs carry no patient ids (one unnamed patient)"
+    val = set(config.get("val_names", []))
+    counts = pairs_per_patient(patients)
+    held = sorted({patients[n] for n in val if n in patients}) if config.get("split_by") == "patient" else []
+    text = f"{len(counts)} patient(s): " + ", ".join(f"{p} {k} pair{'s' * (k != 1)}" for p, k in counts.items())
+    return text + (f"; validation on held-out patient(s) {', '.join(held)}" if held else "")
+
+
 def _check_numbers(epochs, batch_size, lr, lambda_l1, save_every, workers) -> None:
     for name, value, flag in (("epochs", epochs, "--epochs"), ("batch size", batch_size, "--batch-size"),
                               ("save interval", save_every, "--save-every")):
