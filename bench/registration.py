@@ -9,8 +9,9 @@ perturbed again by up to 10 degrees per axis (about the volume centre) and 20 mm
 
 Methods:
 - ours: `batch.Session.register` with the default `RegistrationOptions` (the verb's defaults, --init-pose), the
-  whole call timed (reading and preprocessing the X-ray, optimisation, the final HQ Siddon DRR, writing the result
-  folder). The CT's FastRenderer pyramid is built once per run (timed separately).
+  whole call timed (reading and preprocessing the X-ray, optimisation, the final DRR (--renderer auto), writing the
+  result folder). The CT's FastRenderer pyramid is built once per run (timed separately). A few cases are also
+  timed as whole `xraytodrr register` processes (--single-calls), start-up and CT reading included.
 - diffdrr: `diffdrr.registration.Registration` (euler_angles, ZXY) on `diffdrr.drr.DRR` (its default Siddon
   renderer) with the DiffDRR tutorial's optimiser: Adam, lr 1e-1 (rotations, rad) and 5 (translations, mm),
   maximising NCC (`diffdrr.metrics.NormalizedCrossCorrelation2d`), up to 500 iterations, stopping at NCC > 0.999; the
@@ -48,6 +49,8 @@ import dataclasses
 import json
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -190,8 +193,45 @@ def run_ours(ct_path: Path, cases: list[dict], folder: Path, device: str, model:
         rows.append({"final": final, "init": dataclasses.replace(final, world_from_camera=start), "seconds": seconds,
                      "rss_mb": mem.peak_rss_mib, "cuda_mb": mem.cuda_mib or 0.0,
                      "optimisation_s": metrics["optimisation_seconds"], "iterations": metrics["iterations"],
-                     "stages": [s["iterations"] for s in metrics["stages"]]})
+                     "stages": [s["iterations"] for s in metrics["stages"]],
+                     "timings": metrics.get("timings", {}), "stage_s": metrics.get("stage_seconds", []),
+                     "final_drr": metrics.get("final_drr", {}).get("renderer", "")})
     return rows, prep_s
+
+
+def time_single_calls(ct_path: Path, cases: list[dict], folder: Path, device: str) -> list[float]:
+    """Wall seconds of whole `xraytodrr register X --volume CT --init-pose P -o OUT` processes (start-up imports,
+    reading the CT, its pyramid, the registration, writing), the way a user runs one X-ray."""
+    seconds = []
+    for case in cases:
+        out = folder / f"single{case['k']:02d}"
+        cmd = [sys.executable, "-m", "XrayToDRRLib", "register", str(case["xray"]), "--volume", str(ct_path),
+               "--init-pose", str(case["init_path"]), "-o", str(out), "--device", device, "--progress", "none"]
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        seconds.append(time.perf_counter() - t0)
+    return seconds
+
+
+def report_speed(rows: list[dict], single: list[float], prep_s: float) -> None:
+    """Seconds per X-ray in a batch (one Session: the CT, its pyramid and the imports once) and per single call,
+    and where a batch X-ray's time went (medians)."""
+    steps = sorted({k for r in rows for k in r["timings"]})
+    where = ", ".join(f"{k} {np.median([r['timings'].get(k, 0.0) for r in rows]):.2f}" for k in steps)
+    n_stages = max(len(r["stage_s"]) for r in rows)
+    stages = ", ".join(f"stage {k + 1} {np.median([r['stage_s'][k] for r in rows if len(r['stage_s']) > k]):.2f} s "
+                       f"({np.median([r['stages'][k] for r in rows if len(r['stages']) > k]):.0f} its)"
+                       for k in range(n_stages))
+    batch = float(np.median([r["seconds"] for r in rows]))
+    print(f"\nspeed: {batch:.1f} s per X-ray in a batch against one CT (target <= 10 s: "
+          f"{'met' if batch <= 10 else 'NOT met'}); volume pyramid once per CT {prep_s:.1f} s")
+    if single:
+        med = float(np.median(single))
+        print(f"speed: {med:.1f} s per single `xraytodrr register` call, median of {len(single)} (target <= 15 s: "
+              f"{'met' if med <= 15 else 'NOT met'}); start-up, CT reading and pyramid about {med - batch:.1f} s")
+    renderers = sorted({r["final_drr"] for r in rows})
+    print(f"where a batch X-ray's time went (median s): {where}; optimisation by stage: {stages}; final DRR by "
+          f"{'/'.join(renderers)}")
 
 
 def run_diffdrr(ct: sitk.Image, cases: list[dict], device: str, max_itrs: int, max_seconds: float) -> list[dict]:
@@ -268,6 +308,8 @@ def main() -> None:
     ap.add_argument("--no-ours", action="store_true", help="skip the row started near the truth")
     ap.add_argument("--ct-dir", type=Path, default=None,
                     help="folder with the further CTs of the clinician's-start row (see bench/clinician.py)")
+    ap.add_argument("--single-calls", type=int, default=2,
+                    help="cases also timed as whole `xraytodrr register` processes (0: skip)")
     ap.add_argument("--clinician-n", type=int, default=6, help="clinician's-start cases per CT (0: skip the row)")
     ap.add_argument("--translate", type=Path, default=None,
                     help="pix2pix checkpoint: adds the translation-assisted row (register --translate) on the same "
@@ -304,6 +346,7 @@ def main() -> None:
                   flush=True)
         if ours:
             results.append(summarize("ours (default settings)", cases, ours, points, center))
+            single = time_single_calls(ct_path, cases[:args.single_calls], folder, device)
         if args.translate is not None and not args.translate.is_file():
             print(f"skipped the translation-assisted row: {args.translate} does not exist")
         elif args.translate is not None:
@@ -347,6 +390,7 @@ def main() -> None:
         ours_r = results[0]
         met = ours_r["success"] >= 95 and ours_r["median_mtre"] <= 1.0 and ours_r["median_s"] <= 60
         print(f"target (success >= 95 %, median mTRE <= 1 mm, <= 60 s per case): {'met' if met else 'NOT met'}")
+        report_speed(ours, single, prep_s)
     if clinician:
         report_clinician(clinician)
 
