@@ -201,12 +201,18 @@ class Session:
                 f"{c.refined_score:.4f}")
         return candidates, summary
 
-    def prepare(self, xray_path) -> tuple[PreparedXray, object, dict]:
-        """Read and preprocess the X-ray and find its initial pose (all the checks, no heavy work)."""
+    def read(self, xray_path) -> PreparedXray:
+        """Read and preprocess the X-ray (the options' checks included)."""
         o = self.options
         prepared = prepare_xray(xray_path, o.sdd, o.pixel_spacing, o.reducefn, o.crop, o.subtract_background,
                                 o.linearize, o.collimator)
         resolve_itrs(o.max_n_itrs, len(resolve_scales(o.scales, prepared.detector)))
+        return prepared
+
+    def prepare(self, xray_path) -> tuple[PreparedXray, object, dict]:
+        """Read and preprocess the X-ray and find its initial pose (all the checks, no heavy work)."""
+        o = self.options
+        prepared = self.read(xray_path)
         logs: list[str] = []
         init, info = initial_pose(self.init, prepared, self.ct, self.device, self.warp, logs.append, o.seed)
         info["log"] = logs
@@ -220,6 +226,29 @@ class Session:
         if prepared is None:
             prepared = self.prepare(xray_path)
         prep, init, info = prepared
+        lines, log = self.start_log(xray_path, prep, info, progress)
+        candidates = None
+        if o.search and self.init.kind in SEARCHED:
+            progress.update(0.02, "searching the pose")
+            candidates, info["search"] = self.find_pose(prep, init, progress.sub(0.02, 0.3), log)
+            init = candidates[0].refined_pose
+        if o.init_only:
+            traj = Trajectory(init=init.world_from_camera.copy(), final=init.world_from_camera.copy(),
+                              stopped="init_only", message="--init-only: no optimisation")
+            log(traj.message)
+        else:
+            progress.update(0.02, "preparing the volume")
+            traj = optimize(self.fast, prep, init, self.center, o.optimizer(), progress.sub(0.3, 0.88), log)
+        metrics = self.write_result(xray_path, out_dir, prep, init, traj, info, candidates, lines, log, started,
+                                    progress)
+        confidence = metrics["confidence"]
+        progress.update(1.0, "done")
+        return {"xray": str(xray_path), "folder": str(out_dir), "status": "ok", "error": "",
+                **{k: _fmt(metrics[k]) for k in ("ncc", "ncc_init", "loss", "iterations", "seconds", "stopped")},
+                "confidence": _fmt(confidence["confidence"]), "warning": confidence["warning"]}
+
+    def start_log(self, xray_path, prep: PreparedXray, info: dict, progress: Progress):
+        """The log's first lines (the X-ray, its initialiser, collimation) and a `log` that adds to them."""
         lines = [f"X-ray {xray_path}: {prep.detector.height}x{prep.detector.width} px, "
                  f"{prep.detector.delx:.4g} x {prep.detector.dely:.4g} mm, SDD {prep.detector.sdd:g} mm",
                  f"initial pose from {info['initializer']}"] + info.pop("log", [])
@@ -233,19 +262,14 @@ class Session:
 
         for line in lines[:]:
             progress.log(line)
+        return lines, log
+
+    def write_result(self, xray_path, out_dir, prep: PreparedXray, init, traj: Trajectory, info: dict, candidates,
+                     lines: list[str], log, started: float, progress: Progress, extra: dict | None = None) -> dict:
+        """Assess the optimised pose, render the final DRRs and write the result folder `out_dir` (atomically);
+        `extra` is recorded in parameters.pt's settings. Returns metrics.json's content."""
+        o = self.options
         scales = resolve_scales(o.scales, prep.detector)
-        candidates = None
-        if o.search and self.init.kind in SEARCHED:
-            progress.update(0.02, "searching the pose")
-            candidates, info["search"] = self.find_pose(prep, init, progress.sub(0.02, 0.3), log)
-            init = candidates[0].refined_pose
-        if o.init_only:
-            traj = Trajectory(init=init.world_from_camera.copy(), final=init.world_from_camera.copy(),
-                              stopped="init_only", message="--init-only: no optimisation")
-            log(traj.message)
-        else:
-            progress.update(0.02, "preparing the volume")
-            traj = optimize(self.fast, prep, init, self.center, o.optimizer(), progress.sub(0.3, 0.88), log)
         final = with_camera(prep.detector, traj.final)
         progress.update(0.88, "assessing the result")
         confidence = assess(self.fast, prep, final, self.center, o.similarity, candidates)
@@ -272,7 +296,7 @@ class Session:
         settings.update({"xray": _absolute(xray_path), "volume": _absolute(o.volume), "mask": _absolute(o.mask),
                          "warp": _absolute(o.warp),
                          "labels": list(o.labels) if o.labels else None, "initializer": self.init.kind,
-                         "init_value": self.init.value, "scales_resolved": scales})
+                         "init_value": self.init.value, "scales_resolved": scales, **(extra or {})})
         params = R.parameters_dict(init, final, traj, scales, settings, self.center)
         out_dir = Path(out_dir)
         with atomic_dir(out_dir) as tmp:
@@ -296,10 +320,7 @@ class Session:
                 visualize.evaluation_figure(tmp, tmp / R.FIGURE)
                 visualize.animate(self.fast, params, prep.image, tmp / R.ANIMATION)
             (tmp / R.LOG).write_text("\n".join(lines) + "\n")
-        progress.update(1.0, "done")
-        return {"xray": str(xray_path), "folder": str(out_dir), "status": "ok", "error": "",
-                **{k: _fmt(metrics[k]) for k in ("ncc", "ncc_init", "loss", "iterations", "seconds", "stopped")},
-                "confidence": _fmt(confidence["confidence"]), "warning": confidence["warning"]}
+        return metrics
 
 
 def _ncc(a, b) -> float:

@@ -90,6 +90,35 @@ def evaluation_figure(folder, output, gt_name: str = R.GT, title_suffix: str = "
     return _save_fig(fig, output)
 
 
+def multiview_figure(folders: list, output, title: str = "", pose_errors: list | None = None) -> Path:
+    """Every view of a multi-view result in one figure: a row per view with its X-ray, HQ DRR and the DRR's edges
+    on the X-ray (with the view's NCC, and its pose errors when known)."""
+    from XrayToDRRLib.figures import overlay
+
+    from .evaluate import image_metrics, read_png
+
+    plt = _plt()
+    fig, axes = plt.subplots(len(folders), 3, figsize=(9.0, 3.1 * len(folders)), squeeze=False)
+    for row, folder in enumerate(folders):
+        folder = Path(folder)
+        gt = read_png(folder / R.GT)
+        drr = read_png(folder / (R.HQ_DRR if (folder / R.HQ_DRR).exists() else R.FINAL_IMAGE))
+        ncc = image_metrics(gt, drr)["ncc"]
+        label = f"{folder.name}: NCC {ncc:.3f}"
+        if pose_errors and pose_errors[row]:
+            e = pose_errors[row]
+            label += f", mTRE {e['mtre_mm']:.2f} mm, depth {e['depth_mm']:+.2f} mm"
+        for col, (img, name) in enumerate(((to_uint8(gt), "X-ray"), (to_uint8(drr), "DRR"),
+                                           (overlay(gt, drr), "DRR edges on X-ray"))):
+            axes[row, col].imshow(img, cmap="gray" if col < 2 else None, vmin=0 if col < 2 else None,
+                                  vmax=255 if col < 2 else None)
+            axes[row, col].set_title(label if col == 0 else name, fontsize=8, loc="left" if col == 0 else "center")
+            axes[row, col].axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save_fig(fig, output)
+
+
 # --- 3D scene -----------------------------------------------------------------------------------------------------
 def bone_surface(volume: sitk.Image, level: float = 250.0, voxels_per_side: int = 100) -> tuple[np.ndarray, np.ndarray]:
     """(V,3) RAS vertices and (F,3) faces of the `level` HU iso-surface (skin at -300 HU if no bone)."""
