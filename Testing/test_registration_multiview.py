@@ -174,3 +174,22 @@ def test_bad_multiview_input_exits_2_and_writes_nothing(problem, case, small_ct,
     assert result.exit_code == 2, result.output
     assert named in result.output, result.output
     assert listing(tmp_path) == before and not out.exists()
+
+
+@pytest.mark.slow
+def test_view3d_and_animate_show_every_view_of_a_multiview_result(case, tmp_path):
+    out = case["folder"] / "joint_json"
+    if not out.exists():
+        pytest.skip("needs test_rigid_rig_from_rig_json's result")
+    run_ok("view3d", "--volume", case["ct"], "--pose", out, "-o", tmp_path / "v", "--device", "cpu",
+           "--progress", "none")
+    html = (tmp_path / "v" / "view3d.html").read_text()
+    views = json.loads(html.split("const D = ")[1].split(";\n")[0])["views"]
+    sources = [load_pose(out / f"view-{k}" / R.POSE).source for k in (1, 2)]
+    assert len(views) == 2 and all(np.allclose(v["source"], s, atol=0.01) for v, s in zip(views, sources))
+    run_ok("animate", "--volume", case["ct"], "--parameters", out, "-o", tmp_path / "a.gif", "--frames", "3",
+           "--device", "cpu", "--progress", "none")
+    from PIL import Image
+
+    gif = Image.open(tmp_path / "a.gif")
+    assert gif.n_frames == 4 and gif.size[0] > 1.5 * gif.size[1]  # the views side by side

@@ -58,6 +58,15 @@ def view_dir(k: int) -> str:
     return f"view-{k + 1}"
 
 
+def view_folders(folder) -> list[Path]:
+    """The views' result folders of a multi-view result folder ([] for anything else)."""
+    folder = Path(folder)
+    if not folder.is_dir() or (folder / R.PARAMETERS).exists():
+        return []
+    n = int((R.read_metrics(folder).get("multiview") or {}).get("views", 0))
+    return [folder / view_dir(k) for k in range(n) if (folder / view_dir(k) / R.POSE).exists()]
+
+
 @dataclasses.dataclass
 class Rig:
     matrices: list[np.ndarray]   # first_camera_from_camera per view (the first: identity)
@@ -191,9 +200,10 @@ def _ray_miss(a, b) -> float:
 
 # --- the engine function -----------------------------------------------------------------------------------------
 def register_views(xrays: list, options: RegistrationOptions, init: Initializer, output, mode: str = "rigid-rig",
-                   rig_path=None, progress: Progress | None = None) -> list[Path]:
+                   rig_path=None, progress: Progress | None = None, session: Session | None = None) -> list[Path]:
     """Register several views of one patient into one result folder `output` (see the module docstring).
-    Everything is checked before any work, so bad input writes nothing. Returns [output]."""
+    Everything is checked before any work, so bad input writes nothing. `session`: an open Session on the same
+    CT and options to reuse (its volume pyramid), e.g. from a Slicer Logic. Returns [output]."""
     progress = progress or Progress()
     if mode not in MODES:
         raise InputError(f"unknown --multiview '{mode}'", None, f"use --multiview {' | '.join(MODES)}")
@@ -208,7 +218,9 @@ def register_views(xrays: list, options: RegistrationOptions, init: Initializer,
         raise InputError("the same X-ray is given twice", paths[0], "give each view once")
     output = Path(output)
     _check_output(output)
-    session = Session(options, init)
+    if session is None:
+        session = Session(options, init)
+    session.init = init
     prepared = [session.read(p) for p in paths]
     rig = read_rig(rig_path, paths) if rig_path else None
     if rig is None and mode == "rigid-rig":
@@ -334,7 +346,8 @@ def _independent(session: Session, paths, prepared, starts, tmp: Path, progress:
     rows = []
     for k, (path, start) in enumerate(zip(paths, starts)):
         progress.log(f"[view {k + 1}/{len(paths)}] {path.name}")
-        session.register(path, tmp / view_dir(k), progress.sub(0.95 * k / len(paths), 0.95 * (k + 1) / len(paths)), start)
+        part = progress.sub(0.95 * k / len(paths), 0.95 * (k + 1) / len(paths))
+        session.register(path, tmp / view_dir(k), part, start)
         rows.append({"xray": str(path), **R.read_metrics(tmp / view_dir(k))})
     return rows
 
