@@ -174,7 +174,7 @@ def evaluate_views(folder: Path, title_suffix="", gt_name=R.GT, output_name="eva
     written, errors = [], []
     for k, sub in enumerate(subs):
         written.append(evaluate_one(sub, title_suffix, gt_name, output_name, None, volume,
-                                    progress.sub(k / n, (k + 1) / n * 0.9)))
+                                    progress.sub(0.9 * k / n, 0.9 * (k + 1) / n)))
         errors.append((R.read_metrics(sub).get("pose_error") or {}).get("final"))
     out = multiview_figure(subs, folder / output_name, folder.resolve().name + (f" {title_suffix}" if title_suffix
                                                                                   else ""), errors)
