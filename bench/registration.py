@@ -35,11 +35,20 @@ Metrics (`XrayToDRRRegistrationLib.evaluate.pose_errors`): mTRE over at most 500
 mTRE < 10 mm, geodesic rotation error, translation error at the volume centre (camera frame). Peak memory: the
 largest resident set size of this process sampled every 20 ms while the method runs (and the CUDA peak on GPU).
 
+Two views (--multiview): on the same cases, from the same starts, a second X-ray simulated with the C-arm turned by
+90 degrees (AP + lateral) or 30 degrees (AP + oblique) about the patient's long axis (about the first view's image
+rows through the volume centre) with the patient where the first view saw it; both registered jointly
+(`multiview.register_views`, rigid-rig, the rig given as rig.json, the same Session and default options), the whole
+call timed. Reported also per view: the depth error (along that view's beam) and the in-plane error at the volume
+centre. Targets (two views): median mTRE <= 0.2 mm, 90th percentile <= 0.4 mm, success >= 95 %, median time <=
+1.5 x the single-view row's.
+
 Clinician's start (bench/clinician.py): X-rays at ordinary C-arm poses registered from the view name alone (the
 global pose search), per CT of several body regions, with how often the confidence warns on failures and successes.
 
 Usage: python bench/registration.py [--n 10] [--quick] [--seed 0] [--baseline-seconds 120] [--no-baseline]
                                    [--model-minutes 15] [--no-model] [--no-ours] [--ct-dir DIR] [--clinician-n 6]
+                                   [--multiview]
 """
 
 from __future__ import annotations
@@ -232,6 +241,49 @@ def report_speed(rows: list[dict], single: list[float], prep_s: float) -> None:
     renderers = sorted({r["final_drr"] for r in rows})
     print(f"where a batch X-ray's time went (median s): {where}; optimisation by stage: {stages}; final DRR by "
           f"{'/'.join(renderers)}")
+def run_two_views(ct: sitk.Image, ct_path: Path, cases: list[dict], angle: float, folder: Path, device: str,
+                  seed: int) -> tuple[list[dict], list[dict]]:
+    """Each case with a second view at the C-arm turned by `angle` degrees, registered jointly (rigid rig from
+    rig.json). Returns (rows for view 1 as `summarize` wants them, the second views' true poses)."""
+    from XrayToDRRRegistrationLib.multiview import register_views
+    from XrayToDRRRegistrationLib.search import camera
+
+    c = center_ras(ct)
+    options = RegistrationOptions(volume=str(ct_path), device=device)
+    session, rows, second = None, [], []
+    for case in cases:
+        nominal = standard_view(case["view"], c, SDD, SIZE, SIZE, FOV / SIZE)
+        rig = np.linalg.inv(nominal.world_from_camera) @ camera(nominal, c, tilt=(angle, 0.0))
+        true2 = dataclasses.replace(case["true"], world_from_camera=case["true"].world_from_camera @ rig)
+        sub = folder / f"two{angle:g}_{case['k']:02d}"
+        sub.mkdir()
+        xray2, _ = write_simulated_xray(ct, true2, sub / "view2.dcm", seed=seed * 1000 + 500 + case["k"])
+        rig_path = sub / "rig.json"
+        rig_path.write_text(json.dumps({"views": [{"first_camera_from_camera": np.eye(4).tolist()},
+                                                  {"first_camera_from_camera": rig.tolist()}]}))
+        init = Initializer("pose", str(case["init_path"]))
+        if session is None:
+            session = Session(options, init)
+            _ = session.fast  # the volume pyramid, once per CT (as for the single-view row)
+        with PeakMemory(interval=0.02) as mem:
+            t0 = time.perf_counter()
+            register_views([case["xray"], xray2], options, init, sub / "out", "rigid-rig", rig_path,
+                           session=session)
+            seconds = time.perf_counter() - t0
+        metrics = json.loads((sub / "out" / "view-1" / "metrics.json").read_text())
+        rows.append({"final": load_pose(sub / "out" / "view-1" / "pose.json"),
+                     "final2": load_pose(sub / "out" / "view-2" / "pose.json"), "seconds": seconds,
+                     "rss_mb": mem.peak_rss_mib, "cuda_mb": mem.cuda_mib or 0.0,
+                     "iterations": metrics["iterations"], "stages": [s["iterations"] for s in metrics["stages"]]})
+        second.append(true2)
+    return rows, second
+
+
+def depth_split(errors: list[dict]) -> tuple[float, float]:
+    """Median |error along the beam| and median in-plane error at the volume centre (mm)."""
+    depth = [abs(e["depth_mm"]) for e in errors]
+    plane = [float(np.sqrt(max(0.0, e["translation_mm"] ** 2 - e["depth_mm"] ** 2))) for e in errors]
+    return float(np.median(depth)), float(np.median(plane))
 
 
 def run_diffdrr(ct: sitk.Image, cases: list[dict], device: str, max_itrs: int, max_seconds: float) -> list[dict]:
@@ -315,6 +367,7 @@ def main() -> None:
                     help="pix2pix checkpoint: adds the translation-assisted row (register --translate) on the same "
                          "cases and starts as the default row, e.g. one trained by bench/translation.py --lopo "
                          "--workdir W on other patients' CTs")
+    ap.add_argument("--multiview", action="store_true", help="add the two-view rows (AP + lateral, AP + 30 deg)")
     args = ap.parse_args()
     n = 4 if args.quick else args.n
     minutes = min(args.model_minutes, 3.0) if args.quick else args.model_minutes
@@ -352,6 +405,16 @@ def main() -> None:
         elif args.translate is not None:
             helped, _ = run_ours(ct_path, cases, folder, device, tag="translated", translate=args.translate)
             results.append(summarize(f"ours, --translate {args.translate.name}", cases, helped, points, center))
+        split = [("ours, one view", "view 1", depth_split(results[0]["errors"]))] if ours else []
+        for angle in ((90.0, 30.0) if args.multiview else ()):
+            two, true2 = run_two_views(ct, ct_path, cases, angle, folder, device, args.seed)
+            name = f"ours, two views (+{angle:g} deg, rigid rig)"
+            results.append(summarize(name, cases, two, points, center))
+            e2 = [pose_errors(t, r["final2"], points, center) for t, r in zip(true2, two)]
+            split += [(name, "view 1", depth_split(results[-1]["errors"])), (name, "view 2", depth_split(e2))]
+            for c, r, e in zip(cases, two, results[-1]["errors"]):
+                print(f"  {name} case {c['k']} ({c['view']}): mTRE {e['mtre_mm']:.2f} mm (depth {e['depth_mm']:+.2f}), "
+                      f"{r['seconds']:.1f} s, iterations per stage {r['stages']}", flush=True)
         if not args.no_model:
             mine, _ = run_ours(ct_path, cases, folder, device, model=ckpt, tag="model")
             for c, r in zip(cases, mine):
@@ -383,6 +446,20 @@ def main() -> None:
         print(f"| {r['method']} | {r['n']} | {r['median_init']:.1f} | {r['success']:.0f} % | {r['median_mtre']:.2f} | "
               f"{r['p90_mtre']:.2f} | {r['median_rot']:.2f} | {r['median_trans']:.2f} | {r['median_s']:.1f} | "
               f"{r['max_s']:.1f} | {r['peak_rss']:.0f}{cuda} |")
+    if split:
+        print("\n| method | view | median abs depth error mm (along the view's beam) | median in-plane error mm |")
+        print("|---|---|---|---|")
+        for name, view, (depth, plane) in split:
+            print(f"| {name} | {view} | {depth:.2f} | {plane:.2f} |")
+    if args.multiview and ours:
+        for r in results:
+            if r["method"].startswith("ours, two views"):
+                ratio = r["median_s"] / results[0]["median_s"]
+                met = r["median_mtre"] <= 0.2 and r["p90_mtre"] <= 0.4 and r["success"] >= 95 and ratio <= 1.5
+                print(f"{r['method']}: median mTRE {r['median_mtre']:.2f} mm (one view "
+                      f"{results[0]['median_mtre']:.2f}), "
+                      f"90th pct {r['p90_mtre']:.2f}, success {r['success']:.0f} %, time x{ratio:.2f} of one view; "
+                      f"target (<= 0.2 / <= 0.4 mm, >= 95 %, <= 1.5x): {'met' if met else 'NOT met'}")
     if not args.no_baseline:
         its = [b["iterations"] for b in base]
         print(f"\nDiffDRR iterations per case: {its}")

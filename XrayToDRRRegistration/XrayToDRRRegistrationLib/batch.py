@@ -231,13 +231,19 @@ class Session:
                 f"{c.refined_score:.4f}")
         return candidates, summary
 
+    def read(self, xray_path) -> PreparedXray:
+        """Read and preprocess the X-ray (the options' checks included)."""
+        o = self.options
+        prepared = prepare_xray(xray_path, o.sdd, o.pixel_spacing, o.reducefn, o.crop, o.subtract_background,
+                                o.linearize, o.collimator)
+        resolve_itrs(o.max_n_itrs, len(resolve_scales(o.scales, prepared.detector)))
+        return prepared
+
     def prepare(self, xray_path) -> tuple[PreparedXray, object, dict]:
         """Read and preprocess the X-ray and find its initial pose (all the checks, no heavy work)."""
         o = self.options
         started = time.perf_counter()
-        prepared = prepare_xray(xray_path, o.sdd, o.pixel_spacing, o.reducefn, o.crop, o.subtract_background,
-                                o.linearize, o.collimator)
-        resolve_itrs(o.max_n_itrs, len(resolve_scales(o.scales, prepared.detector)))
+        prepared = self.read(xray_path)
         logs: list[str] = []
         init, info = initial_pose(self.init, prepared, self.ct, self.device, self.warp, logs.append, o.seed)
         info["log"] = logs
@@ -256,14 +262,32 @@ class Session:
         if prepared is None:
             prepared = self.prepare(xray_path)
         prep, init, info = prepared
-        timings = {"prepare": info.pop("prepare_seconds", 0.0)}  # where the time went, seconds per step
-        lap = time.perf_counter()
+        clock = StepClock({"prepare": info.pop("prepare_seconds", 0.0)})
+        lines, log = self.start_log(xray_path, prep, info, progress)
+        candidates = None
+        if o.search and self.init.kind in SEARCHED:
+            progress.update(0.02, "searching the pose")
+            candidates, info["search"] = self.find_pose(prep, init, progress.sub(0.02, 0.3), log)
+            init = candidates[0].refined_pose
+            clock("search")
+        if o.init_only:
+            traj = Trajectory(init=init.world_from_camera.copy(), final=init.world_from_camera.copy(),
+                              stopped="init_only", message="--init-only: no optimisation")
+            log(traj.message)
+        else:
+            progress.update(0.02, "preparing the volume")
+            traj = optimize(self.fast, prep, init, self.center, o.optimizer(), progress.sub(0.3, 0.88), log)
+        clock("optimisation")
+        metrics = self.write_result(xray_path, out_dir, prep, init, traj, info, candidates, lines, log, started,
+                                    progress, clock=clock)
+        confidence = metrics["confidence"]
+        progress.update(1.0, "done")
+        return {"xray": str(xray_path), "folder": str(out_dir), "status": "ok", "error": "",
+                **{k: _fmt(metrics[k]) for k in ("ncc", "ncc_init", "loss", "iterations", "seconds", "stopped")},
+                "confidence": _fmt(confidence["confidence"]), "warning": confidence["warning"]}
 
-        def clocked(step: str) -> None:
-            nonlocal lap
-            now = time.perf_counter()
-            timings[step] = round(timings.get(step, 0.0) + now - lap, 3)
-            lap = now
+    def start_log(self, xray_path, prep: PreparedXray, info: dict, progress: Progress):
+        """The log's first lines (the X-ray, its initialiser, collimation) and a `log` that adds to them."""
         lines = [f"X-ray {xray_path}: {prep.detector.height}x{prep.detector.width} px, "
                  f"{prep.detector.delx:.4g} x {prep.detector.dely:.4g} mm, SDD {prep.detector.sdd:g} mm",
                  f"initial pose from {info['initializer']}"] + info.pop("log", [])
@@ -277,36 +301,31 @@ class Session:
 
         for line in lines[:]:
             progress.log(line)
+        return lines, log
+
+    def write_result(self, xray_path, out_dir, prep: PreparedXray, init, traj: Trajectory, info: dict, candidates,
+                     lines: list[str], log, started: float, progress: Progress, extra: dict | None = None,
+                     clock: "StepClock | None" = None) -> dict:
+        """Assess the optimised pose, render the final DRRs and write the result folder `out_dir` (atomically);
+        `extra` is recorded in parameters.pt's settings. Returns metrics.json's content."""
+        o = self.options
+        clock = clock or StepClock()
         scales = resolve_scales(o.scales, prep.detector)
-        candidates = None
-        if o.search and self.init.kind in SEARCHED:
-            progress.update(0.02, "searching the pose")
-            candidates, info["search"] = self.find_pose(prep, init, progress.sub(0.02, 0.3), log)
-            init = candidates[0].refined_pose
-            clocked("search")
-        if o.init_only:
-            traj = Trajectory(init=init.world_from_camera.copy(), final=init.world_from_camera.copy(),
-                              stopped="init_only", message="--init-only: no optimisation")
-            log(traj.message)
-        else:
-            progress.update(0.02, "preparing the volume")
-            traj = optimize(self.fast, prep, init, self.center, o.optimizer(), progress.sub(0.3, 0.88), log)
-        clocked("optimisation")
         final = with_camera(prep.detector, traj.final)
         progress.update(0.88, "assessing the result")
         confidence = assess(self.fast, prep, final, self.center, o.similarity, candidates)
-        clocked("confidence")
+        clock("confidence")
         progress.update(0.9, "rendering the final DRRs")
         init_img = self.fast.render(init, "preview")
         final_img = self.fast.render(final, "preview")
         hq, final_renderer = self.render_final(final)
-        clocked("final_drr")
+        clock("final_drr")
         metrics = {
             "ncc": _ncc(prep.shown, hq), "ncc_init": _ncc(prep.shown, init_img), "ncc_fast": _ncc(prep.shown, final_img),
             "loss": traj.final_loss, "iterations": traj.iterations, "seconds": time.perf_counter() - started,
             "optimisation_seconds": traj.seconds, "stopped": traj.stopped, "message": traj.message,
             "similarity": o.similarity, "scales": scales, "renderer": final_renderer["renderer"],
-            "final_drr": final_renderer, "timings": timings, "stage_seconds": stage_seconds(traj),
+            "final_drr": final_renderer, "timings": clock.timings, "stage_seconds": stage_seconds(traj),
             "backend": self.fast.backend,
             "stages": R.plain(traj.stage_info), "initializer": {k: v for k, v in info.items() if k != "inlier_mask"},
             "confidence": confidence,
@@ -323,7 +342,7 @@ class Session:
         settings.update({"xray": _absolute(xray_path), "volume": _absolute(o.volume), "mask": _absolute(o.mask),
                          "warp": _absolute(o.warp),
                          "labels": list(o.labels) if o.labels else None, "initializer": self.init.kind,
-                         "init_value": self.init.value, "scales_resolved": scales})
+                         "init_value": self.init.value, "scales_resolved": scales, **(extra or {})})
         settings["translate"] = _absolute(o.translate)
         params = R.parameters_dict(init, final, traj, scales, settings, self.center)
         out_dir = Path(out_dir)
@@ -348,12 +367,22 @@ class Session:
                 visualize.evaluation_figure(tmp, tmp / R.FIGURE)
                 visualize.animate(self.fast, params, prep.shown, tmp / R.ANIMATION)
             (tmp / R.LOG).write_text("\n".join(lines) + "\n")
-            clocked("write")
+            clock("write")
             R.write_json(tmp / R.METRICS, R.plain(metrics))  # again, with the writing's own time
-        progress.update(1.0, "done")
-        return {"xray": str(xray_path), "folder": str(out_dir), "status": "ok", "error": "",
-                **{k: _fmt(metrics[k]) for k in ("ncc", "ncc_init", "loss", "iterations", "seconds", "stopped")},
-                "confidence": _fmt(confidence["confidence"]), "warning": confidence["warning"]}
+        return metrics
+
+
+class StepClock:
+    """Seconds per step of one registration (metrics.json `timings`): each call charges the time since the last."""
+
+    def __init__(self, first: dict | None = None):
+        self.timings = dict(first or {})
+        self._lap = time.perf_counter()
+
+    def __call__(self, step: str) -> None:
+        now = time.perf_counter()
+        self.timings[step] = round(self.timings.get(step, 0.0) + now - self._lap, 3)
+        self._lap = now
 
 
 def stage_seconds(traj: Trajectory) -> list[float]:

@@ -92,13 +92,21 @@ def register(
     translate: Annotated[Optional[Path], typer.Option(
         "--translate", help="pix2pix checkpoint (xraytodrr translate train): translate the X-ray into a DRR-like "
                             "image before the similarity; gt.png and the metrics keep the original")] = None,
+    multiview: Annotated[Optional[str], typer.Option(
+        "--multiview", help="the X-rays are views of one patient, one result folder: rigid-rig (one pose, the views' "
+                            "relative C-arm geometry known: --rig or DICOM angles) | independent (a pose per view, "
+                            "their consistency reported)")] = None,
+    rig: Annotated[Optional[Path], typer.Option(
+        "--rig", help='--multiview: rig.json, {"views": \[{"file": ..., "first_camera_from_camera": 4x4}, ...]} '
+                      "(default: the DICOM positioner angles and distances)")] = None,
     device: Annotated[str, typer.Option(
         help="auto (every CUDA GPU, else cpu) | cpu | cuda | cuda:N, or a comma-separated list (cuda:0,cuda:1; "
              "cpu,cpu): a folder runs one worker process per device, a single X-ray uses the first")] = _D.device,
     progress: ProgressOption = "bar",
 ):
     """Register an X-ray (or a folder of X-rays) to a CT: find the C-arm pose; write pose.json, parameters.pt, the
-    X-ray as seen, DRRs, trajectory.csv and metrics.json."""
+    X-ray as seen, DRRs, trajectory.csv and metrics.json. With --multiview: several views of one patient jointly
+    (-o OUT holds metrics.json, multiview.png and one result folder per view)."""
     from .batch import register as run
     from .initialize import choose_initializer
 
@@ -112,7 +120,13 @@ def register(
         save_images=save_images, pattern=pattern, device=device, seed=seed, search=search,
         search_top_k=search_top_k, search_angle=search_angle, search_distance=search_distance,
         search_shift=search_shift, translate=str(translate) if translate else _D.translate)
-    return run(xray, options, init, output, progress)
+    if multiview is None:
+        if rig is not None:
+            raise InputError("--rig needs --multiview", rig, "add --multiview rigid-rig or --multiview independent")
+        return run(xray, options, init, output, progress)
+    from .multiview import register_views
+
+    return register_views(xray, options, init, output, multiview, rig, progress)
 
 
 @verb("evaluate", "Evaluating")

@@ -138,6 +138,8 @@ def evaluate(data_dir, title_suffix: str = "", gt_name: str = R.GT, output_name:
     folder = require_file(data_dir, "registration folder")
     if not folder.is_dir():
         raise InputError("is not a folder", folder, "give the -o folder of xraytodrr register")
+    if not (folder / R.PARAMETERS).exists() and "multiview" in R.read_metrics(folder):
+        return evaluate_views(folder, title_suffix, gt_name, output_name, gt_pose, volume, progress)
     if not (folder / R.PARAMETERS).exists() and (folder / R.SUMMARY).exists():
         subs = sorted(p.parent for p in folder.glob(f"*/{R.PARAMETERS}"))
         if not subs:
@@ -150,6 +152,42 @@ def evaluate(data_dir, title_suffix: str = "", gt_name: str = R.GT, output_name:
         return written
     return [evaluate_one(folder, title_suffix, gt_name, output_name, gt_pose, volume, progress),
             folder / R.METRICS]
+
+
+def evaluate_views(folder: Path, title_suffix="", gt_name=R.GT, output_name="evaluation.png", gt_pose=None,
+                   volume=None, progress: Progress | None = None) -> list[Path]:
+    """A multi-view result (register --multiview): every view's folder evaluated, one figure of all views, and
+    the per-view pose errors (in-plane and along each view's beam) in the parent's metrics.json."""
+    from .multiview import view_dir
+    from .visualize import multiview_figure
+
+    progress = progress or Progress()
+    if gt_pose is not None:
+        raise InputError("--gt-pose gives one view's true pose, but this is a multi-view result", gt_pose,
+                         "drop --gt-pose: each view's X.pose.json beside its X-ray is used")
+    n = int(R.read_metrics(folder)["multiview"].get("views", 0))
+    subs = [folder / view_dir(k) for k in range(n)]
+    missing = [s for s in subs if not (s / R.PARAMETERS).exists()]
+    if missing or not subs:
+        raise InputError(f"multi-view result lacks {missing[0].name if missing else 'its views'}", folder,
+                         "rerun xraytodrr register --multiview")
+    written, errors = [], []
+    for k, sub in enumerate(subs):
+        written.append(evaluate_one(sub, title_suffix, gt_name, output_name, None, volume,
+                                    progress.sub(0.9 * k / n, 0.9 * (k + 1) / n)))
+        errors.append((R.read_metrics(sub).get("pose_error") or {}).get("final"))
+    out = multiview_figure(subs, folder / output_name, folder.resolve().name + (f" {title_suffix}" if title_suffix
+                                                                                  else ""), errors)
+    per_view = [{"view": k + 1, **({key: e[key] for key in ("mtre_mm", "mrpe_mm", "rotation_deg", "depth_mm",
+                                                              "translation_mm")} if e else {}),
+                 **({"in_plane_mm": math.sqrt(max(0.0, e["translation_mm"] ** 2 - e["depth_mm"] ** 2))} if e else {})}
+                for k, e in enumerate(errors)]
+    report = {"evaluation": {"per_view": per_view}}
+    if all(errors):
+        report["mtre"] = float(np.mean([e["mtre_mm"] for e in errors]))
+    R.merge_metrics(folder, report)
+    progress.update(1.0, "done")
+    return [out, folder / R.METRICS] + written
 
 
 def evaluate_one(folder: Path, title_suffix="", gt_name=R.GT, output_name="evaluation.png", gt_pose=None,

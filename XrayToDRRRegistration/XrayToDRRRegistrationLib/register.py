@@ -70,6 +70,7 @@ class Trajectory:
     lrs: list = dataclasses.field(default_factory=list)        # (lr_rot, lr_xyz) per iteration
     params: list = dataclasses.field(default_factory=list)     # (w, t) of the stage's correction per iteration
     times: list = dataclasses.field(default_factory=list)      # seconds since the start, per iteration
+    view_losses: list = dataclasses.field(default_factory=list)  # several views: each view's loss per iteration
     stage_info: list = dataclasses.field(default_factory=list)  # per stage: scale, size, level, stop, best loss
     stopped: str = "converged"
     message: str = ""
@@ -168,14 +169,22 @@ def corrected(start: torch.Tensor, center: torch.Tensor, w: torch.Tensor, t: tor
     return a @ start
 
 
-def optimize(renderer: FastRenderer, prepared: PreparedXray, init: Pose, center, settings: OptimizerSettings,
-             progress: Progress | None = None, log=None) -> Trajectory:
-    """Register one prepared X-ray starting from `init` (its detector must be the X-ray's)."""
+def optimize(renderer: FastRenderer, prepared: PreparedXray | list[PreparedXray], init: Pose, center,
+             settings: OptimizerSettings, progress: Progress | None = None, log=None, rig=None) -> Trajectory:
+    """Register one prepared X-ray starting from `init` (its detector must be the X-ray's). Several views
+    (`prepared` a list, `rig` each view's first_camera_from_camera 4x4): one pose correction shared by all views,
+    view k seen from `first pose @ rig[k]`; the loss is the mean of the views' losses, each view rendered at the
+    stage's pixel count of the first view along its own longer side. The trajectory holds the first view's poses."""
     progress = progress or Progress()
     log = log or (lambda message: None)
     check_settings(settings)
     device = renderer.device
     f = sim.get(settings.similarity)
+    views = list(prepared) if isinstance(prepared, (list, tuple)) else [prepared]
+    prepared = views[0]
+    offsets = [None] + [torch.as_tensor(np.asarray(m), dtype=torch.float64, device=device) for m in (rig or [])[1:]]
+    if len(offsets) != len(views):
+        raise ValueError(f"{len(views)} views but a rig of {len(offsets)}")
     scales = resolve_scales(settings.scales, prepared.detector)
     itrs = resolve_itrs(settings.max_n_itrs, len(scales))
     first = scales[0]
@@ -184,13 +193,14 @@ def optimize(renderer: FastRenderer, prepared: PreparedXray, init: Pose, center,
     traj = Trajectory(init=init.world_from_camera.copy(), final=init.world_from_camera.copy())
     start_time = time.perf_counter()
     for stage, (scale, n_itrs) in enumerate(zip(scales, itrs)):
-        detector = stage_detector(dataclasses.replace(prepared.detector, world_from_camera=init.world_from_camera),
-                                  scale)
-        level, _ = renderer.plan(dataclasses.replace(detector, world_from_camera=best.cpu().numpy()), "hq")
-        target, mask = stage_images(prepared, detector.height, detector.width, device)
+        stage_views = [_stage_view(renderer, v, init, best, off, scale * _longest(v) / _longest(prepared))
+                       for v, off in zip(views, offsets)]
+        detector, level = stage_views[0][:2]
         info = {"stage": stage, "scale": scale, "height": detector.height, "width": detector.width, "level": level,
                 "voxel_mm": renderer.levels[level].voxel, "iterations": 0, "stopped": "max_itrs",
                 "best_loss": None}
+        if len(views) > 1:
+            info["views"] = [{"height": d.height, "width": d.width, "level": lv} for d, lv, *_ in stage_views]
         traj.stage_info.append(info)
         ratio = scale / first
         lrs = [settings.lr_rot * ratio, settings.lr_xyz * ratio]
@@ -201,15 +211,21 @@ def optimize(renderer: FastRenderer, prepared: PreparedXray, init: Pose, center,
         reference, stage_best_params, stale, plateaus = -math.inf, None, 0, 0
         log(f"stage {stage + 1}/{len(scales)}: detector {detector.height}x{detector.width} (scale {scale:g}), "
             f"volume level {level} ({renderer.levels[level].voxel:.2f} mm voxels)")
-        with cpu_threads(device, detector.height * detector.width):
+        with cpu_threads(device, sum(d.height * d.width for d, *_ in stage_views)):
             for it in range(n_itrs):
                 opt.zero_grad()
                 matrix = corrected(start, center_t, w, t)
-                drr = renderer.render_tensor(matrix[None].float(), detector, level)[:, None]
-                if stage == 0 and it == 0:
-                    _check_first_render(drr)
-                score = f(target, drr, mask)[0]
+                scores = []
+                for view_detector, view_level, target, mask, off in stage_views:
+                    view_matrix = matrix if off is None else matrix @ off
+                    drr = renderer.render_tensor(view_matrix[None].float(), view_detector, view_level)[:, None]
+                    if stage == 0 and it == 0:
+                        _check_first_render(drr)
+                    scores.append(f(target, drr, mask)[0])
+                score = scores[0] if len(scores) == 1 else torch.stack(scores).mean()
                 loss = -score
+                if len(scores) > 1:
+                    traj.view_losses.append([-float(s.detach()) for s in scores])
                 loss_value = float(loss.detach())
                 finite = math.isfinite(loss_value)
                 if finite:
@@ -265,6 +281,21 @@ def optimize(renderer: FastRenderer, prepared: PreparedXray, init: Pose, center,
     traj.seconds = time.perf_counter() - start_time
     progress.update(1.0, "optimisation done")
     return traj
+
+
+def _longest(prepared: PreparedXray) -> int:
+    return max(prepared.detector.height, prepared.detector.width)
+
+
+def _stage_view(renderer: FastRenderer, prepared: PreparedXray, init: Pose, best: torch.Tensor, offset, scale: float):
+    """One view's stage: (detector, pyramid level, target, mask, offset) at downsampling `scale` (>= 1)."""
+    world_from_camera = init.world_from_camera if offset is None else init.world_from_camera @ offset.cpu().numpy()
+    detector = stage_detector(dataclasses.replace(prepared.detector, world_from_camera=world_from_camera),
+                              max(1.0, scale))
+    now = best if offset is None else best @ offset
+    level, _ = renderer.plan(dataclasses.replace(detector, world_from_camera=now.cpu().numpy()), "hq")
+    target, mask = stage_images(prepared, detector.height, detector.width, device=renderer.device)
+    return detector, level, target, mask, offset
 
 
 def _check_first_render(drr: torch.Tensor) -> None:

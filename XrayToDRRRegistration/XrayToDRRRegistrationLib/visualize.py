@@ -90,6 +90,35 @@ def evaluation_figure(folder, output, gt_name: str = R.GT, title_suffix: str = "
     return _save_fig(fig, output)
 
 
+def multiview_figure(folders: list, output, title: str = "", pose_errors: list | None = None) -> Path:
+    """Every view of a multi-view result in one figure: a row per view with its X-ray, HQ DRR and the DRR's edges
+    on the X-ray (with the view's NCC, and its pose errors when known)."""
+    from XrayToDRRLib.figures import overlay
+
+    from .evaluate import image_metrics, read_png
+
+    plt = _plt()
+    fig, axes = plt.subplots(len(folders), 3, figsize=(9.0, 3.1 * len(folders)), squeeze=False)
+    for row, folder in enumerate(folders):
+        folder = Path(folder)
+        gt = read_png(folder / R.GT)
+        drr = read_png(folder / (R.HQ_DRR if (folder / R.HQ_DRR).exists() else R.FINAL_IMAGE))
+        ncc = image_metrics(gt, drr)["ncc"]
+        label = f"{folder.name}: NCC {ncc:.3f}"
+        if pose_errors and pose_errors[row]:
+            e = pose_errors[row]
+            label += f", mTRE {e['mtre_mm']:.2f} mm, depth {e['depth_mm']:+.2f} mm"
+        for col, (img, name) in enumerate(((to_uint8(gt), "X-ray"), (to_uint8(drr), "DRR"),
+                                           (overlay(gt, drr), "DRR edges on X-ray"))):
+            axes[row, col].imshow(img, cmap="gray" if col < 2 else None, vmin=0 if col < 2 else None,
+                                  vmax=255 if col < 2 else None)
+            axes[row, col].set_title(label if col == 0 else name, fontsize=8, loc="left" if col == 0 else "center")
+            axes[row, col].axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save_fig(fig, output)
+
+
 # --- 3D scene -----------------------------------------------------------------------------------------------------
 def bone_surface(volume: sitk.Image, level: float = 250.0, voxels_per_side: int = 100) -> tuple[np.ndarray, np.ndarray]:
     """(V,3) RAS vertices and (F,3) faces of the `level` HU iso-surface (skin at -300 HU if no bone)."""
@@ -114,27 +143,32 @@ def _decimate(faces: np.ndarray, limit: int) -> np.ndarray:
     return faces[np.linspace(0, len(faces) - 1, limit).astype(int)]
 
 
-def view3d(volume: sitk.Image, pose: Pose, out_dir, image: np.ndarray | None = None, renderer=None,
+def view3d(volume: sitk.Image, pose: Pose | list[Pose], out_dir, image=None, renderer=None,
            name: str = "view3d") -> list[Path]:
-    """Write `name`.png and `name`.html in `out_dir`: bone surface, source, textured detector, ray cone."""
+    """Write `name`.png and `name`.html in `out_dir`: bone surface, source, textured detector, ray cone (for each
+    pose of a list: every view of a multi-view result, `image` then a list too)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if image is None:
-        from XrayToDRRLib.fast_render import FastRenderer
+    poses = pose if isinstance(pose, (list, tuple)) else [pose]
+    images = image if isinstance(image, (list, tuple)) else [image] * len(poses)
+    views = []
+    for pose, image in zip(poses, images):
+        if image is None:
+            from XrayToDRRLib.fast_render import FastRenderer
 
-        renderer = renderer or FastRenderer(volume)
-        scale = max(1.0, max(pose.height, pose.width) / 128)
-        small = pose.with_detector(height=max(8, round(pose.height / scale)), width=max(8, round(pose.width / scale)))
-        image = renderer.render(small, "hq")
+            renderer = renderer or FastRenderer(volume)
+            scale = max(1.0, max(pose.height, pose.width) / 128)
+            small = pose.with_detector(height=max(8, round(pose.height / scale)),
+                                       width=max(8, round(pose.width / scale)))
+            image = renderer.render(small, "hq")
+        views.append((pose.source, pose.detector_corners(), image))
     verts, faces = bone_surface(volume)
-    corners = pose.detector_corners()
-    source = pose.source
-    png = _scene_png(verts, faces, source, corners, image, out_dir / f"{name}.png")
-    html = _scene_html(verts, faces, source, corners, image, png, out_dir / f"{name}.html")
+    png = _scene_png(verts, faces, views, out_dir / f"{name}.png")
+    html = _scene_html(verts, faces, views, png, out_dir / f"{name}.html")
     return [png, html]
 
 
-def _scene_png(verts, faces, source, corners, image, path: Path) -> Path:
+def _scene_png(verts, faces, views, path: Path) -> Path:
     from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
     plt = _plt()
@@ -144,20 +178,22 @@ def _scene_png(verts, faces, source, corners, image, path: Path) -> Path:
         mesh = Poly3DCollection(verts[_decimate(faces, 20000)], alpha=0.35, facecolor=(0.93, 0.88, 0.75),
                                 edgecolor="none")
         ax.add_collection3d(mesh)
-    # Detector textured with the image: a grid of (n+1) x (n+1) corner points, n x n facets.
-    n = 48
-    tex = _resize(to_uint8(image).astype(np.float64) / 255.0, n, n)
-    u = np.linspace(0, 1, n + 1)
-    c0, c1, c3 = corners[0], corners[1], corners[3]
-    grid = c0 + u[None, :, None] * (c1 - c0) + u[:, None, None] * (c3 - c0)
-    ax.plot_surface(grid[..., 0], grid[..., 1], grid[..., 2], facecolors=plt.cm.gray(tex), rstride=1, cstride=1,
-                    shade=False, linewidth=0)
-    ax.scatter(*source, color="red", s=40, label="X-ray source")
-    for c in corners:
-        ax.plot(*np.stack([source, c]).T, color="orange", linewidth=0.8)
-    centre = corners.mean(0)
-    ax.plot(*np.stack([source, centre]).T, color="red", linewidth=0.8, linestyle="--")
-    pts = np.vstack([verts, corners, source[None]]) if len(verts) else np.vstack([corners, source[None]])
+    for k, (source, corners, image) in enumerate(views):
+        # Detector textured with the image: a grid of (n+1) x (n+1) corner points, n x n facets.
+        n = 48
+        tex = _resize(to_uint8(image).astype(np.float64) / 255.0, n, n)
+        u = np.linspace(0, 1, n + 1)
+        c0, c1, c3 = corners[0], corners[1], corners[3]
+        grid = c0 + u[None, :, None] * (c1 - c0) + u[:, None, None] * (c3 - c0)
+        ax.plot_surface(grid[..., 0], grid[..., 1], grid[..., 2], facecolors=plt.cm.gray(tex), rstride=1, cstride=1,
+                        shade=False, linewidth=0)
+        ax.scatter(*source, color="red", s=40, label="X-ray source" if k == 0 else None)
+        for c in corners:
+            ax.plot(*np.stack([source, c]).T, color="orange", linewidth=0.8)
+        centre = corners.mean(0)
+        ax.plot(*np.stack([source, centre]).T, color="red", linewidth=0.8, linestyle="--")
+    scene = [p for source, corners, _ in views for p in (corners, source[None])]
+    pts = np.vstack([verts, *scene]) if len(verts) else np.vstack(scene)
     lo, hi = pts.min(0), pts.max(0)
     ax.set_xlim(lo[0], hi[0])
     ax.set_ylim(lo[1], hi[1])
@@ -199,7 +235,8 @@ cursor:grab}</style></head><body>
 <script>
 const D = __DATA__;
 const cv = document.getElementById('c'), g = cv.getContext('2d');
-const tex = new Image(); tex.src = 'data:image/png;base64,' + D.texture;
+const texs = D.views.map(v => { const t = new Image(); t.src = 'data:image/png;base64,' + v.texture;
+  t.onload = () => draw(); return t; });
 let yaw = -0.6, pitch = 0.35, zoom = 1.0, drag = null;
 const C = D.center;
 function rot(p){ // world (RAS) -> view: yaw about S, then pitch about the screen x axis
@@ -224,7 +261,7 @@ function draw(){
     g.beginPath(); g.moveTo(t.p[0][0],t.p[0][1]); g.lineTo(t.p[1][0],t.p[1][1]); g.lineTo(t.p[2][0],t.p[2][1]);
     g.closePath(); const k = Math.round(255*t.s);
     g.fillStyle = `rgba(${k},${Math.round(k*0.93)},${Math.round(k*0.8)},0.85)`; g.fill(); }}));
-  const K = D.corners.map(P), S = P(D.source);
+  D.views.forEach((view, n) => { const K = view.corners.map(P), tex = texs[n];
   items.push({z:(K[0][2]+K[1][2]+K[2][2]+K[3][2])/4, f:() => {
     if (tex.complete && tex.width) {
       g.save(); g.globalAlpha = 0.95;
@@ -233,12 +270,13 @@ function draw(){
       g.drawImage(tex, 0, 0); g.restore();
     }
     g.strokeStyle = '#333'; g.beginPath(); g.moveTo(K[0][0],K[0][1]);
-    for (const k of [1,2,3,0]) g.lineTo(K[k][0],K[k][1]); g.stroke(); }});
+    for (const k of [1,2,3,0]) g.lineTo(K[k][0],K[k][1]); g.stroke(); }}); });
   items.sort((a,b) => b.z - a.z); // painter's algorithm: view depth grows away from the viewer, far first
   for (const it of items) it.f();
-  g.strokeStyle = 'orange'; g.lineWidth = 1;
-  for (const k of K) { g.beginPath(); g.moveTo(S[0],S[1]); g.lineTo(k[0],k[1]); g.stroke(); }
-  g.fillStyle = 'red'; g.beginPath(); g.arc(S[0],S[1],5,0,2*Math.PI); g.fill();
+  for (const view of D.views) { const K = view.corners.map(P), S = P(view.source);
+    g.strokeStyle = 'orange'; g.lineWidth = 1;
+    for (const k of K) { g.beginPath(); g.moveTo(S[0],S[1]); g.lineTo(k[0],k[1]); g.stroke(); }
+    g.fillStyle = 'red'; g.beginPath(); g.arc(S[0],S[1],5,0,2*Math.PI); g.fill(); }
   const O = P(C); [[50,0,0,'red'],[0,50,0,'green'],[0,0,50,'blue']].forEach(a => {
     const E = P([C[0]+a[0],C[1]+a[1],C[2]+a[2]]); g.strokeStyle = a[3]; g.lineWidth = 2;
     g.beginPath(); g.moveTo(O[0],O[1]); g.lineTo(E[0],E[1]); g.stroke(); });
@@ -249,25 +287,28 @@ window.onmouseup = () => { drag = null; };
 window.onmousemove = e => { if (!drag) return; yaw += (e.clientX-drag[0])*0.01; pitch += (e.clientY-drag[1])*0.01;
   pitch = Math.max(-1.5, Math.min(1.5, pitch)); drag = [e.clientX, e.clientY]; draw(); };
 cv.onwheel = e => { e.preventDefault(); zoom *= Math.exp(-e.deltaY*0.001); draw(); };
-tex.onload = draw; draw();
+draw();
 </script></body></html>
 """
 
 
-def _scene_html(verts, faces, source, corners, image, png_path: Path, path: Path) -> Path:
+def _scene_html(verts, faces, views, png_path: Path, path: Path) -> Path:
     faces = _decimate(faces, 6000)
     used = np.unique(faces) if len(faces) else np.zeros(0, dtype=int)
     remap = np.full(len(verts), -1)
     remap[used] = np.arange(len(used))
-    pts = np.vstack([verts[used], corners, source[None]]) if len(used) else np.vstack([corners, source[None]])
+    scene = [p for source, corners, _ in views for p in (corners, source[None])]
+    pts = np.vstack([verts[used], *scene]) if len(used) else np.vstack(scene)
     center = (pts.min(0) + pts.max(0)) / 2
     extent = float(np.max(np.linalg.norm(pts - center, axis=1))) or 1.0
     data = {
         "verts": np.round(verts[used], 1).tolist(), "faces": remap[faces].tolist() if len(faces) else [],
-        "source": np.round(source, 2).tolist(), "corners": np.round(corners, 2).tolist(),
+        "views": [{"source": np.round(source, 2).tolist(), "corners": np.round(corners, 2).tolist(),
+                   "texture": base64.b64encode(_png_bytes(to_uint8(image))).decode("ascii")}
+                  for source, corners, image in views],
         "center": np.round(center, 2).tolist(), "scale": 300.0 / extent,
-        "texture": base64.b64encode(_png_bytes(to_uint8(image))).decode("ascii"),
     }
+    data.update(data["views"][0])  # the first (or only) view also at the top level, as single-view pages had it
     page = _HTML.replace("__DATA__", json.dumps(data, separators=(",", ":"))).replace(
         "__PNG__", base64.b64encode(Path(png_path).read_bytes()).decode("ascii"))
     return write_text(path, page)
@@ -279,7 +320,10 @@ def view3d_file(volume, pose_path, out_dir, image_path=None, mask=None, labels=N
     from XrayToDRRLib.render import label_mask
     from XrayToDRRLib.volumes import read_labels, read_volume
 
-    pose = load_pose(pose_path)
+    from .multiview import view_folders
+
+    views = view_folders(pose_path)
+    pose = [load_pose(v / R.POSE) for v in views] if views else load_pose(pose_path)
     ct = read_volume(volume)
     keep = label_mask(read_labels(mask, reference=ct), labels, mask) if mask else None
     image = None
@@ -297,11 +341,38 @@ def view3d_file(volume, pose_path, out_dir, image_path=None, mask=None, labels=N
 def animate(renderer, params: dict, xray_image: np.ndarray, output, max_frames: int = 40, size: int = 160,
             frame_ms: int = 120) -> Path:
     """GIF of the DRR over the X-ray at up to `max_frames` iterations (evenly spaced, last included)."""
-    from PIL import Image
-
     output = Path(output)
     if suffix_of(output) != ".gif":
         raise InputError("animation output must be a .gif", output, "e.g. -o registration.gif")
+    return _save_gif(_frames(renderer, params, xray_image, max_frames, size), output, frame_ms)
+
+
+def animate_views(renderer, views: list[tuple[dict, np.ndarray]], output, max_frames: int = 40, size: int = 160,
+                  frame_ms: int = 120) -> Path:
+    """The views of a multi-view result side by side, frame by frame (they share one trajectory)."""
+    from PIL import Image
+
+    per_view = [_frames(renderer, params, xray, max_frames, size) for params, xray in views]
+    frames = []
+    for row in zip(*per_view):
+        canvas = Image.new("RGB", (sum(f.width for f in row), max(f.height for f in row)), "white")
+        x = 0
+        for f in row:
+            canvas.paste(f.convert("RGB"), (x, 0))
+            x += f.width
+        frames.append(canvas.convert("P", palette=Image.ADAPTIVE))
+    return _save_gif(frames, Path(output), frame_ms)
+
+
+def _save_gif(frames: list, output: Path, frame_ms: int) -> Path:
+    with atomic_path(output) as tmp:
+        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
+    return output
+
+
+def _frames(renderer, params: dict, xray_image: np.ndarray, max_frames: int, size: int) -> list:
+    from PIL import Image
+
     trajectory = params["trajectory"].numpy()
     losses = params["losses"].numpy()
     final = R.pose_from_entry(params["pose"])
@@ -339,9 +410,7 @@ def animate(renderer, params: dict, xray_image: np.ndarray, output, max_frames: 
         plt.close(fig)
         buf.seek(0)
         frames.append(Image.open(buf).convert("P", palette=Image.ADAPTIVE))
-    with atomic_path(output) as tmp:
-        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
-    return output
+    return frames
 
 
 def dataclasses_replace(detector: Pose, matrix) -> Pose:
@@ -359,9 +428,18 @@ def animate_file(volume, parameters, output, mask=None, labels=None, device="aut
     from .evaluate import read_png
     from .preprocess import prepare_xray
 
+    from .multiview import view_folders
+
     output = Path(output)
     if suffix_of(output) != ".gif":
         raise InputError("animation output must be a .gif", output, "e.g. -o registration.gif")
+    views = view_folders(parameters)
+    if views:  # a multi-view result: every view side by side
+        ct = read_volume(volume)
+        keep = label_mask(read_labels(mask, reference=ct), labels, mask) if mask else None
+        return animate_views(FastRenderer(ct, mask=keep, device=device),
+                             [(R.read_parameters(v / R.PARAMETERS), read_png(v / R.GT)) for v in views], output,
+                             max_frames)
     params = R.read_parameters(parameters)
     folder = Path(parameters) if Path(parameters).is_dir() else Path(parameters).parent
     settings = params.get("settings", {}) or {}
