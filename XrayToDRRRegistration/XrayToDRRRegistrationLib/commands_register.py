@@ -92,6 +92,9 @@ def register(
     device: Annotated[str, typer.Option(
         help="auto (every CUDA GPU, else cpu) | cpu | cuda | cuda:N, or a comma-separated list (cuda:0,cuda:1; "
              "cpu,cpu): a folder runs one worker process per device, a single X-ray uses the first")] = _D.device,
+    dask: Annotated[Optional[str], typer.Option(
+        "--dask", help="a Dask scheduler's address (tcp://HOST:8786): the X-rays of a folder go to its workers, "
+                       "each keeping the CT between X-rays; the output folder must be shared with them")] = None,
     progress: ProgressOption = "bar",
 ):
     """Register an X-ray (or a folder of X-rays) to a CT: find the C-arm pose; write pose.json, parameters.pt, the
@@ -109,7 +112,7 @@ def register(
         save_images=save_images, pattern=pattern, device=device, seed=seed, search=search,
         search_top_k=search_top_k, search_angle=search_angle, search_distance=search_distance,
         search_shift=search_shift)
-    return run(xray, options, init, output, progress)
+    return run(xray, options, init, output, progress, dask=dask)
 
 
 @verb("evaluate", "Evaluating")

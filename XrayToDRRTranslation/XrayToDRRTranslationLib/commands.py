@@ -57,6 +57,9 @@ def pairs_verb(
         help="DRR renderer: fast (volume pyramid, see --mode) | siddon (exact) | trilinear (DiffDRR)")] = "fast",
     mode: Annotated[str, typer.Option(help="with --renderer fast: hq (detector-matched) | full (original voxels)")] = "hq",
     device: DeviceOption = "auto",
+    dask: Annotated[Optional[str], typer.Option(
+        "--dask", help="a Dask scheduler's address (tcp://HOST:8786): the DRRs are rendered by its workers, each "
+                       "keeping the CT between cases; the output's parent folder must be shared with them")] = None,
     progress: ProgressOption = "bar",
 ):
     """Build aligned (X-ray, DRR) training pairs from registration results, or slice pairs from two volumes."""
@@ -66,11 +69,14 @@ def pairs_verb(
     if use_volumes and folders:
         raise InputError("give either registration folders or --volumes, not both", None,
                          "run `xraytodrr pairs` once for each kind")
+    if use_volumes and dask:
+        raise InputError("--dask distributes the DRRs of registration folders, not --volumes slices", None,
+                         "drop --dask (slicing two volumes is quick here)")
     if use_volumes:
         report = pairs_from_volumes(volumes[0], volumes[1], output, axis=axis.value, progress=progress)
     elif folders:
         report = build_pairs(folders, output, min_ncc=min_ncc, min_confidence=min_confidence, masked=masked, device=device, progress=progress,
-                             renderer=renderer, mode=mode)
+                             renderer=renderer, mode=mode, dask=dask)
     else:
         raise InputError("no inputs", None, "give registration output folders, or --volumes INPUT TARGET")
     typer.echo(f"wrote {len(report.kept)} pair(s) to {report.output}")
