@@ -5,18 +5,19 @@ import os
 from pathlib import Path
 
 
-def crashing_or_flaky_task(progress, path, out_dir, *args):
-    """The real task, except that X-rays named crash* kill their worker (as the out-of-memory killer would) and
-    flaky* raise the first time (a marker beside the output folder remembers it)."""
+def crashing_or_failing_task(progress, path, out_dir, *args):
+    """The real task, except that X-rays named lost* kill their worker the first time (as the out-of-memory killer
+    would) and broken* always raise; each attempt is noted in a file beside the output folder."""
+    name = Path(path).name
+    attempts = Path(out_dir).parent.parent / f"{Path(path).stem}.attempts"
+    with open(attempts, "a") as f:
+        f.write("x")
+    if name.startswith("lost") and attempts.read_text() == "x":
+        os._exit(3)
+    if name.startswith("broken"):
+        raise RuntimeError("a persistent failure")
     from XrayToDRRRegistrationLib.dask_batch import register_task
 
-    name = Path(path).name
-    if name.startswith("crash"):
-        os._exit(3)
-    marker = Path(out_dir).parent.parent / "flaky-tried"
-    if name.startswith("flaky") and not marker.exists():
-        marker.write_text("once")
-        raise RuntimeError("a transient failure")
     return register_task(progress, path, out_dir, *args)
 
 
@@ -28,3 +29,17 @@ def loaded_modules():
 
     return {"lib": XrayToDRRLib.__file__, "registration": XrayToDRRRegistrationLib.__file__,
             "cached": len(dask_cluster._cache)}
+
+
+def waits_for_cancel(progress, marker):
+    """Reports progress until the caller cancels it, then notes what stopped it in `marker`."""
+    import time
+
+    try:
+        for _ in range(1200):
+            progress.update(0.5, "waiting")
+            time.sleep(0.05)
+    except Exception as e:
+        Path(marker).write_text(type(e).__name__)
+        raise
+    Path(marker).write_text("never cancelled")

@@ -4,13 +4,14 @@ address exits 2 and writes nothing; `pairs --dask` gives the same pairs as witho
 
 import csv
 import json
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 from cli_helpers import run_cli
-from dask_fixtures import crashing_or_flaky_task, loaded_modules
+from dask_fixtures import crashing_or_failing_task, loaded_modules, waits_for_cancel
 from registration_fixtures import known_pose, listing, run_ok, simulated_xray
 
 from XrayToDRRLib import dask_cluster
@@ -23,7 +24,8 @@ from XrayToDRRRegistrationLib.initialize import Initializer
 
 distributed = pytest.importorskip("distributed")
 
-QUICK = ("--init-view", "ap", "--max-n-itrs", "4", "--scales", "1", "--renderer", "fast", "--device", "cpu")
+QUICK = ("--init-view", "ap", "--no-search", "--max-n-itrs", "4", "--scales", "1", "--renderer", "fast",
+         "--device", "cpu")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -97,25 +99,21 @@ def test_the_cluster_gives_the_in_process_poses_and_summary(runs, xrays, cluster
     assert sum(info["cached"] for info in seen.values()) >= 1
 
 
-def test_a_lost_worker_fails_only_its_xray_and_a_transient_error_is_retried(runs, xrays, small_ct_path, cluster,
-                                                                            tmp_path):
-    files = [tmp_path / "crash.dcm", tmp_path / "flaky.dcm"]
-    for f in files:
-        f.write_bytes((xrays / "a_ap.dcm").read_bytes())
-    options = RegistrationOptions(volume=str(small_ct_path), max_n_itrs=4, scales="1", renderer="fast", device="cpu")
-    out = tmp_path / "out" / "folders"
-    out.parent.mkdir()
-    rows = register_on_cluster(distributed.Client(cluster.scheduler_address, set_as_default=False), files,
-                               [out / p.stem for p in files], options, Initializer("view", "ap"), Progress(),
-                               task=crashing_or_flaky_task)
-    assert [r["xray"] for r in rows] == [str(p) for p in files]
-    assert [r["status"] for r in rows] == ["failed", "ok"]
-    assert "KilledWorker" in rows[0]["error"]  # killed its worker twice: the first run and its one rerun
-    assert (tmp_path / "out" / "flaky-tried").exists()  # flaky failed once, then succeeded
-    here = load_pose(runs[0] / "a_ap" / R.POSE).world_from_camera
-    pose = load_pose(out / "flaky" / R.POSE).world_from_camera
-    assert np.allclose(pose[:3, :3], here[:3, :3], atol=1e-3) and np.allclose(pose[:3, 3], here[:3, 3], atol=0.05)
-    assert sorted(p.name for p in out.iterdir()) == ["flaky"]  # nothing of the crashed one
+def test_an_interrupted_caller_cancels_the_running_tasks(cluster, tmp_path):
+    class CtrlC(Progress):
+        def update(self, fraction, message=""):  # once a task reports from its worker
+            if "waiting" in message:
+                raise KeyboardInterrupt
+
+    markers = [tmp_path / "a", tmp_path / "b"]
+    with distributed.Client(cluster.scheduler_address, set_as_default=False) as client:
+        with pytest.raises(KeyboardInterrupt):
+            dask_cluster.map_in_order(client, waits_for_cancel, [(str(m),) for m in markers], ["a", "b"], CtrlC(),
+                                      failed=lambda index, error: None)
+    deadline = time.monotonic() + 30
+    while not all(m.exists() for m in markers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [m.read_text() for m in markers] == ["Cancelled", "Cancelled"]  # both stopped at an update
 
 
 @pytest.mark.parametrize("address, message", [("tcp://127.0.0.1:1", "no Dask scheduler answered within 1 s"),
@@ -160,3 +158,26 @@ def test_pairs_on_the_cluster_are_the_pairs_built_here(runs, cluster, tmp_path):
         a, b = (sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / d / sub))).astype(float) for d in ("here", "there"))
         assert a.max() > 1000 and np.abs(a - b).max() <= 1  # 16-bit DRRs: the same up to rounding
     assert sorted(p.name for p in tmp_path.iterdir()) == ["here", "there"]  # no temporary folder left
+
+
+def test_a_lost_worker_s_xray_is_rerun_and_a_failing_one_is_tried_twice(runs, xrays, small_ct_path, cluster,
+                                                                          tmp_path):
+    files = [tmp_path / "lost.dcm", tmp_path / "broken.dcm"]
+    for f in files:
+        f.write_bytes((xrays / "a_ap.dcm").read_bytes())
+    options = RegistrationOptions(volume=str(small_ct_path), max_n_itrs=4, scales="1", renderer="fast", device="cpu",
+                                  search=False)
+    out = tmp_path / "out" / "folders"
+    out.parent.mkdir()
+    rows = register_on_cluster(distributed.Client(cluster.scheduler_address, set_as_default=False), files,
+                               [out / p.stem for p in files], options, Initializer("view", "ap"), Progress(),
+                               task=crashing_or_failing_task)
+    assert [r["xray"] for r in rows] == [str(p) for p in files]
+    assert [r["status"] for r in rows] == ["ok", "failed"]
+    assert rows[1]["error"] == "a persistent failure" and rows[1]["folder"] == ""
+    attempts = {p.stem: (tmp_path / "out" / f"{p.stem}.attempts").read_text() for p in files}
+    assert attempts == {"lost": "xx", "broken": "xx"}  # the worker died once, then the rerun; one retry
+    here = load_pose(runs[0] / "a_ap" / R.POSE).world_from_camera
+    pose = load_pose(out / "lost" / R.POSE).world_from_camera
+    assert np.allclose(pose[:3, :3], here[:3, :3], atol=1e-3) and np.allclose(pose[:3, 3], here[:3, 3], atol=0.05)
+    assert sorted(p.name for p in out.iterdir()) == ["lost"]  # nothing of the failed one
