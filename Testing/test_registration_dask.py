@@ -160,6 +160,14 @@ def test_pairs_on_the_cluster_are_the_pairs_built_here(runs, cluster, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["here", "there"]  # no temporary folder left
 
 
+def test_pairs_with_a_bad_address_exits_2_and_writes_nothing(runs, tmp_path, monkeypatch):
+    monkeypatch.setattr(dask_cluster, "CONNECT_TIMEOUT", 1.0)
+    result = run_cli("pairs", runs[0], "-o", tmp_path / "pairs", "--min-confidence", "0", "--dask", "tcp://127.0.0.1:1",
+                     "--progress", "none")
+    assert result.exit_code == 2 and "no Dask scheduler answered" in result.output, result.output
+    assert listing(tmp_path) == []
+
+
 def test_a_lost_worker_s_xray_is_rerun_and_a_failing_one_is_tried_twice(runs, xrays, small_ct_path, cluster,
                                                                           tmp_path):
     files = [tmp_path / "lost.dcm", tmp_path / "broken.dcm"]
