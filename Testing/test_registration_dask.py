@@ -155,7 +155,8 @@ def test_pairs_on_the_cluster_are_the_pairs_built_here(runs, cluster, tmp_path):
     assert listing(tmp_path / "here") == listing(tmp_path / "there") == [
         "drr", "drr/a_ap.png", "drr/c_lateral.png", "pairs.csv", "xray", "xray/a_ap.png", "xray/c_lateral.png"]
     for sub in ("xray/a_ap.png", "drr/a_ap.png", "drr/c_lateral.png"):
-        a, b = (sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / d / sub))).astype(float) for d in ("here", "there"))
+        a, b = (sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / d / sub))).astype(float)
+                for d in ("here", "there"))
         assert a.max() > 1000 and np.abs(a - b).max() <= 1  # 16-bit DRRs: the same up to rounding
     assert sorted(p.name for p in tmp_path.iterdir()) == ["here", "there"]  # no temporary folder left
 

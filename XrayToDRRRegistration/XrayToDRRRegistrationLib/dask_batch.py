@@ -46,12 +46,12 @@ def absolute(options: RegistrationOptions, init: Initializer) -> tuple[Registrat
 def register_task(progress: Progress, path: str, out_dir: str, options: RegistrationOptions,
                   init: Initializer) -> dict:
     """One X-ray, on a worker: its summary row (bad input: a failed row; anything else raises to be retried)."""
-    with worker_cached(cache_key("register", options, init), lambda: Session(options, init)) as session:
-        try:
+    try:  # bad input here too (e.g. a CT the worker cannot see): a failed row, not retried
+        with worker_cached(cache_key("register", options, init), lambda: Session(options, init)) as session:
             _check_output(Path(out_dir), many=False)  # never replace a folder that is not an earlier result
             return session.register(Path(path), Path(out_dir), progress)
-        except InputError as e:
-            return failed_row(Path(path), str(e))
+    except InputError as e:
+        return failed_row(Path(path), str(e))
 
 
 def register_on_cluster(client, files: list[Path], out_dirs: list[Path], options: RegistrationOptions,
