@@ -4,6 +4,7 @@ address exits 2 and writes nothing; `pairs --dask` gives the same pairs as witho
 
 import csv
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -127,6 +128,14 @@ def test_a_bad_address_exits_2_and_writes_nothing(xrays, small_ct_path, tmp_path
         result.output
     assert "dask scheduler" in result.output  # the fix says how to start one
     assert not (tmp_path / "out").exists() and listing(xrays) == before
+
+
+def test_without_dask_installed_the_error_says_how_to_install_it(xrays, small_ct_path, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # what `import distributed` meets when it is missing
+    result = run_cli("register", xrays, "--volume", small_ct_path, "-o", tmp_path / "out", *QUICK,
+                     "--dask", "tcp://127.0.0.1:1", "--progress", "none")
+    assert result.exit_code == 2 and "xraytodrr[dask]" in result.output, result.output
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("args, message", [(("--device", "cpu,cpu"), "several devices"),

@@ -136,9 +136,9 @@ def map_in_order(client, fn: Callable, tasks: list[tuple], names: list[str], pro
     topic = f"xraytodrr-{uuid.uuid4().hex}"
     events: queue.SimpleQueue = queue.SimpleQueue()
     client.subscribe_topic(topic, events.put)
-    workers = len(client.scheduler_info().get("workers", {}))
+    workers = len(client.nthreads())
     progress.log(f"{len(tasks)} item(s) on the Dask cluster at {client.scheduler.address} "
-                 f"({workers} worker{'s' * (workers != 1)} now)")
+                 f"({workers} worker{'s' * (workers != 1)} now{': they wait for workers to join' * (not workers)})")
     n = len(tasks)
     results: list = [None] * n
     fractions = [0.0] * n
