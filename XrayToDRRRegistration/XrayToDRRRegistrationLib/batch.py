@@ -451,9 +451,10 @@ def _check_output(output: Path, many: bool) -> None:
 
 
 def register(xray: str | Path | list[str | Path], options: RegistrationOptions, init: Initializer,
-             output: str | Path, progress: Progress | None = None) -> list[Path]:
+             output: str | Path, progress: Progress | None = None, dask: str | None = None) -> list[Path]:
     """Register one X-ray (into `output`), or several: a list of X-ray files and folders of them, every X-ray of
-    each folder (into `output`/<name>/, with summary.csv)."""
+    each folder (into `output`/<name>/, with summary.csv); with `dask` (a scheduler's address) on the workers of
+    that Dask cluster (dask_batch.py)."""
     progress = progress or Progress()
     paths = [require_file(p, "X-ray") for p in ([xray] if isinstance(xray, (str, Path)) else xray)]
     if not paths:
@@ -466,6 +467,10 @@ def register(xray: str | Path | list[str | Path], options: RegistrationOptions, 
                          "point to a folder of X-rays (.dcm, .png, ...) or pass --pattern")
     if len(set(result_names(files))) != len(files):
         raise InputError("two X-rays have the same file name", xray, "give X-rays with distinct file names")
+    if dask:
+        from .dask_batch import check_run
+
+        check_run(options, many)
     _check_output(output, many)
     session = Session(options, init)
     if not many:
@@ -473,9 +478,18 @@ def register(xray: str | Path | list[str | Path], options: RegistrationOptions, 
         session.register(xray, output, progress, prepared)
         return [output]
     rows, names = [], result_names(files)
+    if dask:
+        from XrayToDRRLib.dask_cluster import connect
+
+        client = connect(dask)  # a wrong or unreachable address fails here, before anything is written
     output.mkdir(parents=True, exist_ok=True)
     devices = parse_devices(options.device)[: len(files)]
-    if len(devices) > 1:
+    if dask:
+        from .dask_batch import register_on_cluster
+
+        del session  # each worker reads its own, once
+        rows = register_on_cluster(client, files, [output / name for name in names], options, init, progress)
+    elif len(devices) > 1:
         from .parallel import register_in_workers
 
         del session  # each worker reads its own

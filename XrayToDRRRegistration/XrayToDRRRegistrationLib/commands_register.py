@@ -102,6 +102,9 @@ def register(
     device: Annotated[str, typer.Option(
         help="auto (every CUDA GPU, else cpu) | cpu | cuda | cuda:N, or a comma-separated list (cuda:0,cuda:1; "
              "cpu,cpu): a folder runs one worker process per device, a single X-ray uses the first")] = _D.device,
+    dask: Annotated[Optional[str], typer.Option(
+        "--dask", help="a Dask scheduler's address (tcp://HOST:8786): the X-rays of a folder go to its workers, "
+                       "each keeping the CT between X-rays; the output folder must be shared with them")] = None,
     progress: ProgressOption = "bar",
 ):
     """Register an X-ray (or a folder of X-rays) to a CT: find the C-arm pose; write pose.json, parameters.pt, the
@@ -123,7 +126,10 @@ def register(
     if multiview is None:
         if rig is not None:
             raise InputError("--rig needs --multiview", rig, "add --multiview rigid-rig or --multiview independent")
-        return run(xray, options, init, output, progress)
+        return run(xray, options, init, output, progress, dask=dask)
+    if dask:
+        raise InputError("--dask spreads separate X-rays over a cluster; --multiview registers views of one patient "
+                         "together in one process", None, "drop --dask for a multi-view registration")
     from .multiview import register_views
 
     return register_views(xray, options, init, output, multiview, rig, progress)

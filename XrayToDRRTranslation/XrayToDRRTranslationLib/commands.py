@@ -76,6 +76,9 @@ def pairs_verb(
                                   "--split-by patient): parent | grandparent (folder names) | csv:FILE (columns "
                                   "folder, patient); default: none (one unnamed patient)")] = None,
     device: DeviceOption = "auto",
+    dask: Annotated[Optional[str], typer.Option(
+        "--dask", help="a Dask scheduler's address (tcp://HOST:8786): the DRRs are rendered by its workers, each "
+                       "keeping the CT between cases; the output's parent folder must be shared with them")] = None,
     progress: ProgressOption = "bar",
 ):
     """Build aligned (X-ray, DRR) training pairs from registration results, or slice pairs from two volumes."""
@@ -88,12 +91,15 @@ def pairs_verb(
     if use_volumes and folders:
         raise InputError("give either registration folders or --volumes, not both", None,
                          "run `xraytodrr pairs` once for each kind")
+    if use_volumes and dask:
+        raise InputError("--dask distributes the DRRs of registration folders, not --volumes slices", None,
+                         "drop --dask (slicing two volumes is quick here)")
     if use_volumes:
         report = pairs_from_volumes(volumes[0], volumes[1], output, axis=axis.value, progress=progress)
     elif folders:
         report = build_pairs(folders, output, min_ncc=min_ncc, min_confidence=min_confidence, masked=masked,
                              device=device, progress=progress, renderer=renderer, mode=mode,
-                             patient_id_from=patient_id_from)
+                             patient_id_from=patient_id_from, dask=dask)
     else:
         raise InputError("no inputs", None, "give registration output folders, or --volumes INPUT TARGET")
     typer.echo(f"wrote {len(report.kept)} pair(s) to {report.output}")

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from XrayToDRRLib.atomic import atomic_dir
+from XrayToDRRLib.atomic import atomic_dir, atomic_path
 from XrayToDRRLib.errors import InputError, require_file
 from XrayToDRRLib.images import save_image
 from XrayToDRRLib.pose import Pose, load_pose
@@ -227,11 +227,10 @@ def _unique_names(cases: list[Case]) -> None:
 def build_pairs(folders: list[str | Path], output: str | Path, min_ncc: float | None = None, masked: bool = False,
                 device: str = "auto", progress: Progress | None = None, renderer: str = "fast",
                 mode: str = "hq", min_confidence: float = DEFAULT_MIN_CONFIDENCE,
-                patient_id_from: str | None = None) -> PairsReport:
-    """(X-ray, DRR) pairs from registration output folders (see the module docstring)."""
-    from XrayToDRRLib.drr_engine import DRREngine, check_engine
-    from XrayToDRRLib.render import label_mask
-    from XrayToDRRLib.volumes import read_labels, read_volume
+                patient_id_from: str | None = None, dask: str | None = None) -> PairsReport:
+    """(X-ray, DRR) pairs from registration output folders (see the module docstring); with `dask` (a scheduler's
+    address) the DRRs are rendered by that Dask cluster's workers, each keeping its CT between cases."""
+    from XrayToDRRLib.drr_engine import check_engine
 
     check_engine(renderer, mode)
     progress = progress or Progress()
@@ -267,6 +266,11 @@ def build_pairs(folders: list[str | Path], output: str | Path, min_ncc: float | 
         if masked and c.mask is not None:
             require_file(c.mask, f"mask of {c.folder}")
     out = check_output_dir(output, paths, "-o")
+    client = None
+    if dask:
+        from XrayToDRRLib.dask_cluster import connect
+
+        client = connect(dask)  # a wrong or unreachable address fails here, before anything is written
 
     groups: dict[tuple, list[Case]] = {}
     for c in kept:
@@ -277,17 +281,18 @@ def build_pairs(folders: list[str | Path], output: str | Path, min_ncc: float | 
         tmp = Path(tmp)
         (tmp / "xray").mkdir()
         (tmp / "drr").mkdir()
+        if client is not None:
+            _render_on_cluster(client, groups, renderer, mode, device, tmp, progress)
         done = 0
         for (volume, mask, labels), group in groups.items():
-            progress.update(done / len(kept), f"reading {Path(volume).name}")
-            ct = read_volume(volume)
-            keep = label_mask(read_labels(mask, reference=ct), list(labels) if labels else None, mask) \
-                if mask else None
-            engine = DRREngine(ct, keep, renderer, mode, device=device)
+            engine = None
             for c in group:
-                progress.update(done / len(kept), f"DRR {done + 1}/{len(kept)} {c.name}")
-                save_image(engine.render(c.pose), tmp / "drr" / f"{c.name}.png", spacing=(c.pose.dely, c.pose.delx),
-                           metadata=engine.metadata)
+                if client is None:
+                    if engine is None:
+                        progress.update(done / len(kept), f"reading {Path(volume).name}")
+                        engine = _drr_engine(volume, mask, labels, renderer, mode, device)
+                    progress.update(done / len(kept), f"DRR {done + 1}/{len(kept)} {c.name}")
+                    _save_drr(engine, c.pose, tmp / "drr" / f"{c.name}.png")
                 shutil.copyfile(c.gt, tmp / "xray" / f"{c.name}.png")
                 done += 1
         table = _registration_table(cases, {d["name"]: d["reason"] for d in dropped}, masked)
@@ -298,6 +303,52 @@ def build_pairs(folders: list[str | Path], output: str | Path, min_ncc: float | 
     for c in sorted(kept, key=lambda c: c.patient):
         patients[c.patient] = patients.get(c.patient, 0) + 1
     return PairsReport(out, [c.name for c in kept], dropped, out / "pairs.csv", patients)
+
+
+def _drr_engine(volume: str, mask: str | None, labels: tuple | None, renderer: str, mode: str, device: str):
+    from XrayToDRRLib.drr_engine import DRREngine
+    from XrayToDRRLib.render import label_mask
+    from XrayToDRRLib.volumes import read_labels, read_volume
+
+    ct = read_volume(volume)
+    keep = label_mask(read_labels(mask, reference=ct), list(labels) if labels else None, mask) if mask else None
+    return DRREngine(ct, keep, renderer, mode, device=device)
+
+
+def _save_drr(engine, pose: Pose, path: Path) -> None:
+    save_image(engine.render(pose), path, spacing=(pose.dely, pose.delx), metadata=engine.metadata)
+
+
+def render_pair_task(progress: Progress, engine_args: tuple, pose: Pose, path: str) -> str:
+    """One case's DRR, on a Dask worker (which keeps the engine of each CT between cases): written atomically
+    into the pairs' temporary folder (shared with the caller)."""
+    from XrayToDRRLib.dask_cluster import cache_key, worker_cached
+
+    with worker_cached(cache_key("pairs", engine_args), lambda: _drr_engine(*engine_args)) as engine:
+        with atomic_path(path) as tmp:
+            _save_drr(engine, pose, Path(tmp))
+    return path
+
+
+def _render_on_cluster(client, groups: dict, renderer: str, mode: str, device: str, tmp: Path,
+                       progress: Progress) -> None:
+    """Every kept case's DRR on the cluster of `client` (closed when done); the first that fails stops the run."""
+    from XrayToDRRLib.dask_cluster import map_in_order
+
+    def absolute(path):  # a worker's working folder is not ours
+        return str(Path(path).absolute()) if path else None
+
+    cases = [(key, c) for key, group in groups.items() for c in group]
+    tasks = [((absolute(volume), absolute(mask), labels, renderer, mode, device), c.pose,
+              absolute(tmp / "drr" / f"{c.name}.png")) for (volume, mask, labels), c in cases]
+
+    def failed(index: int, error: BaseException):
+        raise error
+
+    try:
+        map_in_order(client, render_pair_task, tasks, [c.name for _, c in cases], progress, failed)
+    finally:
+        client.close()
 
 
 def _registration_table(cases: list[Case], dropped: dict, masked: bool) -> str:
