@@ -116,3 +116,13 @@ def carm_pose(ct: sitk.Image, view: str, distance: float, tilt=(0.0, 0.0), spin:
     c = center_ras(ct)
     nominal = standard_view(view, c, sdd, size, size, FOV / size, source_to_isocenter=distance)
     return dataclasses.replace(nominal, world_from_camera=camera(nominal, c, tilt, spin, distance, shift))
+
+
+def xray_folder(folder: Path, ct: sitk.Image) -> Path:
+    """`folder` with two small simulated X-rays (AP, lateral) and a corrupt DICOM between them (file order a, b, c)."""
+    folder.mkdir()
+    for n, view in enumerate(("ap", "lateral")):
+        simulated_xray(ct, known_pose(ct, view, 32, seed=n), folder / f"{'ac'[n]}_{view}.dcm", seed=n)
+    (folder / "b_corrupt.dcm").write_bytes(b"DICM" + bytes(range(256)) * 4)
+    return folder
+

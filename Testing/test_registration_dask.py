@@ -13,7 +13,7 @@ import pytest
 import SimpleITK as sitk
 from cli_helpers import run_cli
 from dask_fixtures import crashing_or_failing_task, loaded_modules, waits_for_cancel
-from registration_fixtures import known_pose, listing, run_ok, simulated_xray
+from registration_fixtures import listing, run_ok, xray_folder
 
 from XrayToDRRLib import dask_cluster
 from XrayToDRRLib.pose import load_pose
@@ -43,13 +43,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def xrays(tmp_path_factory, small_ct):
-    """Two small simulated X-rays and a corrupt DICOM between them."""
-    folder = tmp_path_factory.mktemp("dask") / "xrays"
-    folder.mkdir()
-    for n, view in enumerate(("ap", "lateral")):
-        simulated_xray(small_ct, known_pose(small_ct, view, 32, seed=n), folder / f"{'ac'[n]}_{view}.dcm", seed=n)
-    (folder / "b_corrupt.dcm").write_bytes(b"DICM" + bytes(range(256)) * 4)
-    return folder
+    return xray_folder(tmp_path_factory.mktemp("dask") / "xrays", small_ct)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 import torch
 from cli_helpers import run_cli
 from parallel_fixtures import crashing_worker, idle_worker
-from registration_fixtures import known_pose, listing, run_ok, simulated_xray
+from registration_fixtures import listing, run_ok, xray_folder
 
 from XrayToDRRLib.errors import InputError
 from XrayToDRRLib.pose import load_pose
@@ -27,13 +27,7 @@ QUICK = ("--init-view", "ap", "--max-n-itrs", "4", "--scales", "1", "--renderer"
 
 @pytest.fixture(scope="module")
 def xrays(tmp_path_factory, small_ct):
-    """Two small simulated X-rays and a corrupt DICOM between them."""
-    folder = tmp_path_factory.mktemp("parallel") / "xrays"
-    folder.mkdir()
-    for n, view in enumerate(("ap", "lateral")):
-        simulated_xray(small_ct, known_pose(small_ct, view, 32, seed=n), folder / f"{'ac'[n]}_{view}.dcm", seed=n)
-    (folder / "b_corrupt.dcm").write_bytes(b"DICM" + bytes(range(256)) * 4)
-    return folder
+    return xray_folder(tmp_path_factory.mktemp("parallel") / "xrays", small_ct)
 
 
 def summary(folder: Path) -> list[dict]:
