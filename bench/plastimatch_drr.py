@@ -89,7 +89,8 @@ def read_pfm(path: Path) -> np.ndarray:
 
 class PlastimatchDRR:
     """`render(pose, algorithm)` -> (image in our units, seconds plastimatch reports for the trace + write,
-    seconds for the write). The volume is written once to a temporary folder, removed by `close()`."""
+    seconds for the write); `peak_mib` is the last run's peak resident memory. The volume is written once to a
+    temporary folder, removed by `close()`."""
 
     def __init__(self, ct: sitk.Image, threads: int):
         self.exe = executable()
@@ -110,9 +111,15 @@ class PlastimatchDRR:
         prefix = self.folder / "out"
         args = [self.exe, "drr", "-A", "cpu", "-i", algorithm, "-P", "none", "-t", "pfm", "-O", str(prefix),
                 *drr_geometry(pose, sad), str(self.volume)]
-        run = subprocess.run(args, env=self.env, capture_output=True, text=True, check=True)
-        total = float(re.search(r"Total time: ([0-9.eE+-]+)", run.stdout).group(1))
-        write = float(re.search(r"I/O time: ([0-9.eE+-]+)", run.stdout).group(1))
+        with subprocess.Popen(args, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as run:
+            output = run.stdout.read()
+            _, status, usage = os.wait4(run.pid, 0)  # its own peak memory, not our process's
+            run.returncode = os.waitstatus_to_exitcode(status)
+        if run.returncode != 0:
+            raise RuntimeError(f"plastimatch drr failed ({run.returncode}): {output[-500:]}")
+        self.peak_mib = usage.ru_maxrss / 1024
+        total = float(re.search(r"Total time: ([0-9.eE+-]+)", output).group(1))
+        write = float(re.search(r"I/O time: ([0-9.eE+-]+)", output).group(1))
         return read_pfm(prefix.with_name("out0000.pfm")) * TO_CM, total, write
 
     def close(self) -> None:
