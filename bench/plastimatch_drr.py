@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,17 @@ def drr_geometry(pose: Pose, sad: float) -> list[str]:
             "-z", f"{pose.width * pose.delx:.6f} {pose.height * pose.dely:.6f}", "-c", f"{col:.6f} {row:.6f}"]
 
 
+def _high_water_kib(pid: int) -> int:
+    """VmHWM of a running process (Linux), 0 where it cannot be read."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def read_pfm(path: Path) -> np.ndarray:
     """A single-channel PFM as (rows, cols) float32, first stored row = image row 0 (drr writes rows in order)."""
     data = path.read_bytes()
@@ -112,12 +124,16 @@ class PlastimatchDRR:
         args = [self.exe, "drr", "-A", "cpu", "-i", algorithm, "-P", "none", "-t", "pfm", "-O", str(prefix),
                 *drr_geometry(pose, sad), str(self.volume)]
         with subprocess.Popen(args, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as run:
+            # Its peak memory: the high-water mark of its own image, read until it exits (the rusage of a
+            # child counts the forked parent's memory too).
+            peak = 0
+            while run.poll() is None:
+                peak = max(peak, _high_water_kib(run.pid))
+                time.sleep(0.01)
             output = run.stdout.read()
-            _, status, usage = os.wait4(run.pid, 0)  # its own peak memory, not our process's
-            run.returncode = os.waitstatus_to_exitcode(status)
         if run.returncode != 0:
             raise RuntimeError(f"plastimatch drr failed ({run.returncode}): {output[-500:]}")
-        self.peak_mib = usage.ru_maxrss / 1024
+        self.peak_mib = peak / 1024
         total = float(re.search(r"Total time: ([0-9.eE+-]+)", output).group(1))
         write = float(re.search(r"I/O time: ([0-9.eE+-]+)", output).group(1))
         return read_pfm(prefix.with_name("out0000.pfm")) * TO_CM, total, write
