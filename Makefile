@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 # Every install goes through constraints.txt so no dependency moves torch/torchvision.
 PIP := $(PY) -m pip install --disable-pip-version-check -c constraints.txt
 PYTEST_ARGS ?=
@@ -25,7 +26,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)
+# The benchmarks' own extra (plastimatch, for the render comparison); `make test` does not need it.
+$(BENCH_STAMP): $(STAMP)
+	$(PIP) -q -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(PY) bench/prepare.py
 	$(PY) bench/render.py
 

@@ -1,10 +1,15 @@
 """Shared fixtures: the bundled chest CT (downsampled for speed) and tiny synthetic volumes."""
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
+
+# The backend FastRenderer's 'auto' picks on a CPU (outputs record it).
+CPU_BACKEND = "numba" if importlib.util.find_spec("numba") else "torch"
 
 
 def bundled_ct_path() -> Path:

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from cli_helpers import run_cli
+from conftest import CPU_BACKEND
 
 from XrayToDRRLib.pose import standard_view
 from XrayToDRRLib.render import DRRRenderer
@@ -117,4 +118,4 @@ def test_drr_records_the_renderer_in_the_output(tmp_path, small_ct_path, ap_pose
     assert result.exit_code == 0, result.output
     meta = read_metadata(out)
     assert meta["renderer"] == "fast" and meta["mode"] == "preview" and meta["device"] == "cpu"
-    assert meta["backend"] == "torch"  # auto on a CPU
+    assert meta["backend"] == CPU_BACKEND  # auto on a CPU: numba when it imports

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from cli_helpers import run_cli
+from conftest import CPU_BACKEND
 from translation_fixtures import make_pairs, make_registration_folder, read_png, write_png16
 
 from XrayToDRRLib.errors import InputError
@@ -217,7 +218,7 @@ def test_pairs_accepts_a_folder_of_registration_folders_and_renders_fast_hq_by_d
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "all" / "drr").iterdir())) == 3
     drr = tmp_path / "all" / "drr" / "case2.png"
-    assert read_metadata(drr) == {"renderer": "fast", "mode": "hq", "backend": "torch", "device": "cpu",
+    assert read_metadata(drr) == {"renderer": "fast", "mode": "hq", "backend": CPU_BACKEND, "device": "cpu",
                                   "units": "line integral of attenuation"}
     siddon = DRRRenderer(small_ct, renderer="siddon", device="cpu").render(poses["case2"])
     assert np.corrcoef(read_png(drr).ravel(), siddon.ravel())[0, 1] >= 0.99

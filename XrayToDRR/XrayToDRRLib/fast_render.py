@@ -16,7 +16,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from . import fused_render
+from . import fused_render, numba_render
 from .errors import InputError
 from .pose import Pose
 from .render import MU_WATER_PER_MM, hu_to_mu, pick_device
@@ -91,7 +91,9 @@ class FastRenderer:
     converted with `render.hu_to_mu`.
 
     Backends (`self.backend`, recorded in outputs' metadata): 'torch' samples with `grid_sample` (CPU and CUDA);
-    'triton' is nanodrr's fused CUDA kernel (see fused_render); 'auto' takes triton on CUDA when it imports."""
+    'triton' is nanodrr's fused CUDA kernel (see fused_render); 'numba' a compiled per-ray loop on the CPU (see
+    numba_render; without gradients, so a pose that needs one takes the torch path); 'auto' takes triton on CUDA
+    and numba on the CPU when they import."""
 
     def __init__(self, volume: sitk.Image, mask: np.ndarray | None = None, device: str | torch.device = "auto",
                  attenuation: np.ndarray | None = None, n_levels: int = 5, chunk_samples: int = 2 ** 22,
@@ -181,6 +183,9 @@ class FastRenderer:
             if lvl.fused is None:
                 lvl.fused = fused_render.FusedLevel(lvl, self._max_chord(lvl))
             values = lvl.fused.render(world_from_camera.float(), dirs, pose.width, step_factor)
+            return values.reshape(-1, pose.height, pose.width)
+        if self.backend == "numba" and not (torch.is_grad_enabled() and world_from_camera.requires_grad):
+            values = numba_render.render_level(lvl, world_from_camera, dirs, step_factor)
             return values.reshape(-1, pose.height, pose.width)
         rot, src = world_from_camera[:, :3, :3], world_from_camera[:, :3, 3]
         g_rot, g_t = lvl.grid_from_world[:3, :3], lvl.grid_from_world[:3, 3]

@@ -22,7 +22,7 @@ import os
 import numpy as np
 import torch
 
-BACKENDS = ("auto", "torch", "triton")
+BACKENDS = ("auto", "torch", "triton", "numba")
 
 
 def interpreted() -> bool:
@@ -41,15 +41,20 @@ def triton_op():
 
 
 def pick_backend(requested: str, device: torch.device) -> str:
-    """'auto' -> 'triton' on CUDA when its kernel imports, else 'torch'. Asking for 'triton' where it cannot run
-    raises ValueError (the caller turns it into an input error)."""
+    """'auto' -> 'triton' on CUDA when its kernel imports, 'numba' on the CPU when numba imports, else 'torch'.
+    Asking for a backend where it cannot run raises ValueError (the caller turns it into an input error)."""
+    from . import numba_render
+
     if requested not in BACKENDS:
         raise ValueError(f"unknown backend '{requested}': use one of {', '.join(BACKENDS)}")
     usable = (device.type == "cuda" or interpreted()) and triton_op() is not None
+    on_cpu = device.type == "cpu" and numba_render.available()
     if requested == "auto":
-        return "triton" if usable and device.type == "cuda" else "torch"
+        return "triton" if usable and device.type == "cuda" else "numba" if on_cpu else "torch"
     if requested == "triton" and not usable:
         raise ValueError("the triton backend needs a CUDA GPU with triton and nanodrr installed")
+    if requested == "numba" and not on_cpu:
+        raise ValueError("the numba backend runs on the CPU and needs numba installed")
     return requested
 
 
