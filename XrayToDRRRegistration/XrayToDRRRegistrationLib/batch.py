@@ -62,6 +62,7 @@ class RegistrationOptions:
     threshold: float = OptimizerSettings.threshold
     max_n_itrs: list[int] | int = OptimizerSettings.max_n_itrs
     max_n_plateaus: int = OptimizerSettings.max_n_plateaus
+    finest_max_itrs: int = OptimizerSettings.finest_max_itrs
     renderer: str = "auto"
     init_only: bool = False
     save_images: bool = False

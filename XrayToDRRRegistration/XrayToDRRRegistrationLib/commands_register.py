@@ -73,6 +73,9 @@ def register(
         _D.max_n_itrs),
     max_n_plateaus: Annotated[int, typer.Option(
         "--max-n-plateaus", help="a stage ends at this plateau (lr / 10 at each earlier one)")] = _D.max_n_plateaus,
+    finest_max_itrs: Annotated[int, typer.Option(
+        "--finest-max-itrs", help="at most this many iterations in the finest of several stages (the costliest)")
+    ] = _D.finest_max_itrs,
     search: Annotated[bool, typer.Option(
         "--search/--no-search", help="global pose search for --init-view/--init-dicom (off: the nominal pose as is)")
     ] = _D.search,
@@ -119,7 +122,8 @@ def register(
         warp=str(warp) if warp else None, invert=invert, sdd=sdd, pixel_spacing=pixel_spacing, reducefn=reducefn,
         crop=crop, subtract_background=subtract_background, linearize=linearize, collimator=collimator,
         similarity=similarity, scales=scales, lr_rot=lr_rot, lr_xyz=lr_xyz, patience=patience, threshold=threshold,
-        max_n_itrs=_itrs(max_n_itrs), max_n_plateaus=max_n_plateaus, renderer=renderer, init_only=init_only,
+        max_n_itrs=_itrs(max_n_itrs), max_n_plateaus=max_n_plateaus, finest_max_itrs=finest_max_itrs,
+        renderer=renderer, init_only=init_only,
         save_images=save_images, pattern=pattern, device=device, seed=seed, search=search,
         search_top_k=search_top_k, search_angle=search_angle, search_distance=search_distance,
         search_shift=search_shift, translate=str(translate) if translate else _D.translate)
