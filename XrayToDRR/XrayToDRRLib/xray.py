@@ -417,7 +417,8 @@ def _read_dicom(p: Path, reduce: str, frame: int | None = None) -> Xray:
         from .dicom_frames import frame_geometry
 
         meta["frame"] = frame + 1
-        own = (frame_geometry(ds, frames, p) or [{}])[frame]
+        per_frame = frame_geometry(ds, frames, p)
+        own = per_frame[frame] if per_frame else {}
         meta.update(own)
         if "DistanceSourceToDetector" in own:
             geometry["sdd"], geometry["sdd_source"] = own["DistanceSourceToDetector"], f"frame {frame + 1}'s {SDD_TAG}"
