@@ -273,14 +273,14 @@ def register_views(xrays: list, options: RegistrationOptions, init: Initializer,
 
 def _views(files: list[Path], frames: str | None) -> tuple[list[Path], list[int | None]]:
     """Each view's file and frame (0-based; None: the file as one image). A single file's frames are views by
-    default; with several files only when --frames asks."""
+    default; with several files only when --frames asks (a single-frame file stays one view)."""
     spec = frames if frames is not None or len(files) != 1 else "auto"
     paths, frame_of = [], []
     for p in files:
         n = number_of_frames(p) if spec is not None else 1
-        chosen = choose_frames(spec, n, p) if spec is not None else [0]
+        chosen = choose_frames(spec, n, p) if n > 1 else [None]
         paths += [p] * len(chosen)
-        frame_of += chosen if n > 1 else [None]
+        frame_of += chosen
     return paths, frame_of
 
 
