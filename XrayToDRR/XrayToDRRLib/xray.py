@@ -79,11 +79,14 @@ class Xray:
         return missing
 
 
-def read_xray(path: str | Path, sdd: float | None = None, pixel_spacing=None, reduce: str = "max") -> Xray:
+def read_xray(path: str | Path, sdd: float | None = None, pixel_spacing=None, reduce: str = "max",
+              frame: int | None = None) -> Xray:
     """Read one X-ray. `pixel_spacing` is one number (square pixels) or (row, column) mm; `sdd` in mm. Both
     override the file's values. PNG/JPEG/TIFF/.npy need both; NIfTI/NRRD need `sdd` unless their header has it.
-    `reduce` turns a multi-frame DICOM into one image: max | mean | first."""
-    xray = _read_any(path, reduce)
+    `reduce` turns a multi-frame DICOM into one image: max | mean | first; `frame` (0-based) instead takes that
+    frame alone, its metadata holding its own C-arm angles and distances (`dicom_frames.frame_geometry`), `frame`
+    (1-based) and `frame_angles` (where the angles came from; absent when the file has none per frame)."""
+    xray = _read_any(path, reduce, frame)
     _override(xray, sdd, pixel_spacing)
     kind = xray.metadata.get("format")
     if kind in ("PNG/JPEG/TIFF", "NumPy") or (kind == "NIfTI/NRRD" and xray.sdd is None):
@@ -154,7 +157,7 @@ def _override(xray: Xray, sdd, pixel_spacing) -> None:
         (xray.dely, xray.delx), xray.spacing_source = spacing, "--pixel-spacing"
 
 
-def _read_any(path: str | Path, reduce: str = "max") -> Xray:
+def _read_any(path: str | Path, reduce: str = "max", frame: int | None = None) -> Xray:
     """Read pixels and whatever geometry the file holds (None where it holds none)."""
     if reduce not in REDUCTIONS:
         raise InputError(f"unknown frame reduction '{reduce}'", None, f"use one of {', '.join(REDUCTIONS)}")
@@ -166,7 +169,7 @@ def _read_any(path: str | Path, reduce: str = "max") -> Xray:
         return _read_plain(p)
     if kind in HEADER_SUFFIXES:
         return _read_header_image(p)
-    return _read_dicom(p, reduce)
+    return _read_dicom(p, reduce, frame)
 
 
 def _to_gray(arr: np.ndarray, path) -> np.ndarray:
@@ -387,14 +390,20 @@ def _pixels_via_simpleitk(p: Path, first_error: Exception, photometric: str) -> 
     return arr
 
 
-def _read_dicom(p: Path, reduce: str) -> Xray:
+def _read_dicom(p: Path, reduce: str, frame: int | None = None) -> Xray:
     ds = read_dicom_dataset(p)
     values = _dicom_pixels(ds, p)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     colour = int(ds.get("SamplesPerPixel", 1) or 1) > 1
-    if frames > 1 or (values.ndim == 3 and not colour) or (values.ndim == 4):
-        frames = values.shape[0]
+    multi = frames > 1 or (values.ndim == 3 and not colour) or (values.ndim == 4)
+    frames = values.shape[0] if multi else 1
+    if frame is not None and not 0 <= frame < frames:
+        raise InputError(f"has {frames} frame{'s' if frames != 1 else ''}: no frame {frame + 1}", p,
+                         f"give frame numbers from 1 to {frames}")
+    if frame is not None:
+        values = values[frame] if multi else values
+    elif multi:
         if reduce == "first":
             values = values[0]
         elif reduce == "mean":
@@ -404,7 +413,16 @@ def _read_dicom(p: Path, reduce: str) -> Xray:
     pixels = _to_gray(values, p)
     geometry = dicom_geometry(ds)
     meta = dicom_metadata(ds)
-    if frames > 1:
+    if frame is not None:
+        from .dicom_frames import frame_geometry
+
+        meta["frame"] = frame + 1
+        per_frame = frame_geometry(ds, frames, p)
+        own = per_frame[frame] if per_frame else {}
+        meta.update(own)
+        if "DistanceSourceToDetector" in own:
+            geometry["sdd"], geometry["sdd_source"] = own["DistanceSourceToDetector"], f"frame {frame + 1}'s {SDD_TAG}"
+    elif frames > 1:
         meta["frame_reduction"] = reduce
     return Xray(pixels, geometry["sdd"], geometry["delx"], geometry["dely"], p, photometric, frames, meta,
                 geometry["sdd_source"], geometry["spacing_source"])

@@ -232,19 +232,20 @@ class Session:
                 f"{c.refined_score:.4f}")
         return candidates, summary
 
-    def read(self, xray_path) -> PreparedXray:
-        """Read and preprocess the X-ray (the options' checks included)."""
+    def read(self, xray_path, frame: int | None = None) -> PreparedXray:
+        """Read and preprocess the X-ray, or its `frame` (0-based) (the options' checks included)."""
         o = self.options
         prepared = prepare_xray(xray_path, o.sdd, o.pixel_spacing, o.reducefn, o.crop, o.subtract_background,
-                                o.linearize, o.collimator)
+                                o.linearize, o.collimator, frame)
         resolve_itrs(o.max_n_itrs, len(resolve_scales(o.scales, prepared.detector)))
         return prepared
 
-    def prepare(self, xray_path) -> tuple[PreparedXray, object, dict]:
-        """Read and preprocess the X-ray and find its initial pose (all the checks, no heavy work)."""
+    def prepare(self, xray_path, frame: int | None = None) -> tuple[PreparedXray, object, dict]:
+        """Read and preprocess the X-ray (or its `frame`) and find its initial pose (all the checks, no heavy
+        work)."""
         o = self.options
         started = time.perf_counter()
-        prepared = self.read(xray_path)
+        prepared = self.read(xray_path, frame)
         logs: list[str] = []
         init, info = initial_pose(self.init, prepared, self.ct, self.device, self.warp, logs.append, o.seed)
         info["log"] = logs

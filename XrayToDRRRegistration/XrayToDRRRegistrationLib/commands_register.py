@@ -102,6 +102,10 @@ def register(
     rig: Annotated[Optional[Path], typer.Option(
         "--rig", help='--multiview: rig.json, {"views": \[{"file": ..., "first_camera_from_camera": 4x4}, ...]} '
                       "(default: the DICOM positioner angles and distances)")] = None,
+    frames: Annotated[Optional[str], typer.Option(
+        "--frames", help="--multiview: the frames of a multi-frame DICOM (a rotational run) as views, each with its "
+                         "own C-arm angles: auto (up to 4 evenly spaced; the default for one file) | all | 1,5,9")
+    ] = None,
     device: Annotated[str, typer.Option(
         help="auto (every CUDA GPU, else cpu) | cpu | cuda | cuda:N, or a comma-separated list (cuda:0,cuda:1; "
              "cpu,cpu): a folder runs one worker process per device, a single X-ray uses the first")] = _D.device,
@@ -130,13 +134,16 @@ def register(
     if multiview is None:
         if rig is not None:
             raise InputError("--rig needs --multiview", rig, "add --multiview rigid-rig or --multiview independent")
+        if frames is not None:
+            raise InputError("--frames needs --multiview (without it a multi-frame DICOM is one image, by "
+                             "--reducefn)", None, "add --multiview rigid-rig or --multiview independent")
         return run(xray, options, init, output, progress, dask=dask)
     if dask:
         raise InputError("--dask spreads separate X-rays over a cluster; --multiview registers views of one patient "
                          "together in one process", None, "drop --dask for a multi-view registration")
     from .multiview import register_views
 
-    return register_views(xray, options, init, output, multiview, rig, progress)
+    return register_views(xray, options, init, output, multiview, rig, progress, frames=frames)
 
 
 @verb("evaluate", "Evaluating")

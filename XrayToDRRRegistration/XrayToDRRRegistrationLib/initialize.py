@@ -34,7 +34,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
@@ -42,7 +41,7 @@ import SimpleITK as sitk
 from XrayToDRRLib.errors import InputError, require_file
 from XrayToDRRLib.pose import STANDARD_VIEWS, Pose, load_pose, look_at, standard_view
 from XrayToDRRLib.volumes import LPS_TO_RAS, center_ras
-from XrayToDRRLib.xray import Xray, find_dicom_value, read_dicom_dataset
+from XrayToDRRLib.xray import Xray
 
 from .preprocess import PreparedXray
 
@@ -171,10 +170,9 @@ def pose_from_dicom(xray: Xray, volume: sitk.Image, detector: Pose) -> Pose:
     path = xray.path
     if (xray.metadata or {}).get("format") != "DICOM":
         raise InputError("--init-dicom needs a DICOM X-ray", path, "use --init-view or --init-pose for other files")
-    ds = read_dicom_dataset(Path(path), stop_before_pixels=True)
     angles = []
     for keyword in ("PositionerPrimaryAngle", "PositionerSecondaryAngle"):
-        value = find_dicom_value(ds, keyword)
+        value = xray.metadata.get(keyword)  # the file's (read_xray), or one frame's own of a multi-frame run
         try:
             angles.append(float(value))
         except (TypeError, ValueError):

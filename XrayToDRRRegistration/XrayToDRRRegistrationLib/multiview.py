@@ -9,6 +9,11 @@ camera axes, mm), so world_from_camera_k = world_from_camera_1 @ first_camera_fr
   DistanceSourceToPatient (else SDD / EstimatedRadiographicMagnificationFactor) about a common isocentre
   (`initialize.pose_from_dicom`), relative to the first view's.
 
+Views may be frames of one multi-frame DICOM (a rotational run; `--frames auto | all | 1,5,9`, auto being up to
+four evenly spaced frames, the default for a single file): each frame is read on its own with its own C-arm angles
+and distances (`XrayToDRRLib.dicom_frames`), and without --rig the rig comes from those angles. Its views are
+files, frames and all, in command-line order, each view's metrics.json recording its `source` file and frame.
+
 Modes:
 - `rigid-rig`: the views share one patient pose. View 1 is initialised as a single view (any initialiser; the
   global search's candidates are ranked by their similarity over all views, so the rig as a whole picks the basin),
@@ -36,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from XrayToDRRLib.atomic import atomic_dir
+from XrayToDRRLib.dicom_frames import choose_frames, number_of_frames
 from XrayToDRRLib.errors import InputError, require_file
 from XrayToDRRLib.pose import RIGID_TOLERANCE
 from XrayToDRRLib.progress import Progress
@@ -124,10 +130,14 @@ def rig_from_dicom(prepared: list, ct) -> Rig:
         if (prep.xray.metadata or {}).get("format") != "DICOM":
             raise InputError("--multiview rigid-rig without --rig needs DICOM X-rays with C-arm angles", prep.path,
                              fix)
-        from XrayToDRRLib.xray import find_dicom_value, read_dicom_dataset
-
-        ds = read_dicom_dataset(Path(prep.path), stop_before_pixels=True)
-        if find_dicom_value(ds, "PositionerPrimaryAngle") is None:
+        meta = prep.xray.metadata
+        if meta.get("frame") and not meta.get("frame_angles"):
+            raise InputError("multi-frame DICOM has no per-frame C-arm angles (neither PositionerPrimaryAngle"
+                             "Increment (0018,1520) nor per-frame PositionerPositionSequence (0018,9405)): its "
+                             "frames' relative geometry is unknown", prep.path,
+                             "give --rig rig.json with one entry per frame, in --frames order, or use --multiview "
+                             "independent")
+        if meta.get("PositionerPrimaryAngle") is None:
             raise InputError("DICOM has no PositionerPrimaryAngle (0018,1510): the views' relative geometry is "
                              "unknown", prep.path, fix)
         if distance_source_to_patient(prep.xray) is None:
@@ -200,28 +210,33 @@ def _ray_miss(a, b) -> float:
 
 # --- the engine function -----------------------------------------------------------------------------------------
 def register_views(xrays: list, options: RegistrationOptions, init: Initializer, output, mode: str = "rigid-rig",
-                   rig_path=None, progress: Progress | None = None, session: Session | None = None) -> list[Path]:
+                   rig_path=None, progress: Progress | None = None, session: Session | None = None,
+                   frames: str | None = None) -> list[Path]:
     """Register several views of one patient into one result folder `output` (see the module docstring).
     Everything is checked before any work, so bad input writes nothing. `session`: an open Session on the same
-    CT and options to reuse (its volume pyramid), e.g. from a Slicer Logic. Returns [output]."""
+    CT and options to reuse (its volume pyramid), e.g. from a Slicer Logic. `frames`: which frames of each
+    multi-frame DICOM are views (None: auto for a single file; several files stay one view each). Returns
+    [output]."""
     progress = progress or Progress()
     if mode not in MODES:
         raise InputError(f"unknown --multiview '{mode}'", None, f"use --multiview {' | '.join(MODES)}")
-    paths = [require_file(p, "X-ray") for p in xrays]
-    if len(paths) < 2:
-        raise InputError("--multiview needs at least two X-ray files", paths[0] if paths else None,
-                         "give every view's X-ray file, or drop --multiview")
-    for p in paths:
+    files = [require_file(p, "X-ray") for p in xrays]
+    for p in files:
         if p.is_dir():
             raise InputError("--multiview takes X-ray files, not folders", p, "list each view's file")
-    if len({p.resolve() for p in paths}) != len(paths):
-        raise InputError("the same X-ray is given twice", paths[0], "give each view once")
+    if len({p.resolve() for p in files}) != len(files):
+        raise InputError("the same X-ray is given twice", files[0], "give each view once")
+    paths, frame_of = _views(files, frames)
+    if len(paths) < 2:
+        raise InputError("--multiview needs at least two views: X-ray files, or frames of a multi-frame DICOM",
+                         paths[0] if paths else None,
+                         "give every view's X-ray file, --frames with two or more frames, or drop --multiview")
     output = Path(output)
     _check_output(output)
     if session is None:
         session = Session(options, init)
     session.init = init
-    prepared = [session.read(p) for p in paths]
+    prepared = [session.read(p, f) for p, f in zip(paths, frame_of)]
     rig = read_rig(rig_path, paths) if rig_path else None
     if rig is None and mode == "rigid-rig":
         rig = rig_from_dicom(prepared, session.ct)
@@ -230,7 +245,7 @@ def register_views(xrays: list, options: RegistrationOptions, init: Initializer,
             rig = rig_from_dicom(prepared, session.ct)
         except InputError:
             rig = None
-    starts = _initial_poses(session, paths, prepared, rig, mode)
+    starts = _initial_poses(session, paths, frame_of, prepared, rig, mode)
     if rig is not None:
         check_sources_outside([with_camera(prepared[k].detector, starts[0][1].world_from_camera @ m)
                                for k, m in enumerate(rig.matrices)], session.ct, rig.path or paths[0])
@@ -243,6 +258,7 @@ def register_views(xrays: list, options: RegistrationOptions, init: Initializer,
             views = _independent(session, paths, prepared, starts, tmp, progress)
             poses = [R.pose_from_entry(R.read_parameters(tmp / view_dir(k))["pose"]) for k in range(len(paths))]
             summary = {"consistency": consistency(poses, rig, session.center)}
+        views = [_record_source(tmp / view_dir(k), p, f, v) for k, (p, f, v) in enumerate(zip(paths, frame_of, views))]
         metrics = _combined(mode, rig, views, summary, time.perf_counter() - started)
         for line in [metrics["warning"]] if metrics["warning"] else []:
             progress.log("WARNING: " + line)
@@ -250,9 +266,33 @@ def register_views(xrays: list, options: RegistrationOptions, init: Initializer,
         from .visualize import multiview_figure
 
         multiview_figure([tmp / view_dir(k) for k in range(len(paths))], tmp / FIGURE,
-                         f"{mode}: " + ", ".join(p.name for p in paths))
+                         f"{mode}: " + ", ".join(_label(p, f) for p, f in zip(paths, frame_of)))
     progress.update(1.0, "done")
     return [output]
+
+
+def _views(files: list[Path], frames: str | None) -> tuple[list[Path], list[int | None]]:
+    """Each view's file and frame (0-based; None: the file as one image). A single file's frames are views by
+    default; with several files only when --frames asks (a single-frame file stays one view)."""
+    spec = frames if frames is not None or len(files) != 1 else "auto"
+    paths, frame_of = [], []
+    for p in files:
+        n = number_of_frames(p) if spec is not None else 1
+        chosen = choose_frames(spec, n, p) if n > 1 else [None]
+        paths += [p] * len(chosen)
+        frame_of += chosen
+    return paths, frame_of
+
+
+def _label(path: Path, frame: int | None) -> str:
+    return path.name if frame is None else f"{path.name} frame {frame + 1}"
+
+
+def _record_source(folder: Path, path: Path, frame: int | None, row: dict) -> dict:
+    """The view's file and frame (1-based; None for a file read as one image) in its metrics.json and its row."""
+    source = {"file": str(path), "frame": None if frame is None else frame + 1}
+    R.write_json(folder / R.METRICS, R.plain({**R.read_metrics(folder), "source": source}))
+    return {**row, "frame": source["frame"]}
 
 
 def _check_output(output: Path) -> None:
@@ -263,17 +303,17 @@ def _check_output(output: Path) -> None:
                          "replaced)", output, "give a new folder, or an earlier multi-view result to replace")
 
 
-def _initial_poses(session: Session, paths, prepared, rig: Rig | None, mode: str) -> list[tuple]:
+def _initial_poses(session: Session, paths, frame_of, prepared, rig: Rig | None, mode: str) -> list[tuple]:
     """(prepared, initial pose, info) per view: view 1 from the initialiser; the others (independent mode) from
     their own DICOM angles, every standard view, or view 1's pose carried by the rig."""
-    first = session.prepare(paths[0])
+    first = session.prepare(paths[0], frame_of[0])
     if mode == "rigid-rig":
         return [first]
     out = [first]
     kind, value = session.init.kind, session.init.value
-    for k, (path, prep) in enumerate(zip(paths[1:], prepared[1:]), start=1):
+    for k, (path, frame, prep) in enumerate(zip(paths[1:], frame_of[1:], prepared[1:]), start=1):
         if kind == "dicom" or (kind == "view" and value == "auto"):
-            out.append(session.prepare(path))
+            out.append(session.prepare(path, frame))
         elif rig is not None:
             pose = with_camera(prep.detector, first[1].world_from_camera @ rig.matrices[k])
             out.append((prep, check_initial_pose(pose, session.ct, rig.path), {
@@ -356,7 +396,8 @@ def _combined(mode: str, rig: Rig | None, views: list[dict], summary: dict, seco
     per_view = []
     for k, v in enumerate(views):
         conf = v.get("confidence") or {}
-        per_view.append({"view": k + 1, "folder": view_dir(k), "xray": v["xray"], "ncc": v.get("ncc"),
+        per_view.append({"view": k + 1, "folder": view_dir(k), "xray": v["xray"], "frame": v.get("frame"),
+                         "ncc": v.get("ncc"),
                          "ncc_init": v.get("ncc_init"), "similarity": conf.get("similarity"),
                          "confidence": conf.get("confidence"), "warning": conf.get("warning", "")})
     warnings = [f"view {p['view']}: {p['warning']}" for p in per_view if p["warning"]]

@@ -57,9 +57,10 @@ class PreparedXray:
 
 def prepare_xray(path, sdd: float | None = None, pixel_spacing=None, reducefn: str = "max", crop: int = 0,
                  subtract_background: bool = False, linearize: bool = False,
-                 collimator: str = "auto") -> PreparedXray:
-    """Read an X-ray and prepare it for registration (see the module docstring for the steps)."""
-    xray = require_geometry(read_xray(path, sdd=sdd, pixel_spacing=pixel_spacing, reduce=reducefn))
+                 collimator: str = "auto", frame: int | None = None) -> PreparedXray:
+    """Read an X-ray and prepare it for registration (see the module docstring for the steps); `frame`: that
+    frame (0-based) of a multi-frame DICOM instead of `reducefn` over all of them."""
+    xray = require_geometry(read_xray(path, sdd=sdd, pixel_spacing=pixel_spacing, reduce=reducefn, frame=frame))
     return prepare_pixels(xray, crop, subtract_background, linearize, collimator)
 
 
