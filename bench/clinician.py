@@ -11,6 +11,11 @@ CTs (each with where it came from; a CT that is absent is skipped and the run sa
   It spans the lower chest to the proximal femurs (3 mm voxels); the bench takes two regions of it: the abdomen
   (its upper 55 %: lumbar spine, lower ribs) and the pelvis (its lower 45 %: sacrum, hips, femoral heads). They are
   one patient's two regions, not two patients: the note in bench/README.md says so.
+- any further CT file in `--ct-dir` (`.nii.gz`, `.nii`, `.nrrd`, `.mha`), whole, named after its file: e.g. a
+  second patient's chest, the ITKElastix example thorax (repository InsightSoftwareConsortium/ITKElastix at commit
+  787db6d1, `examples/data/00/`, 141 DICOM slices read as one series; repository under Apache-2.0, no separate
+  data licence stated), saved as `chest2_itkelastix.nii.gz`. Where each came from is the bench user's to record
+  (bench/README.md lists the files of the recorded runs).
 
 Cases per CT: the view family alternates AP / left lateral; both view angles +-15 degrees about it, rotation about
 the beam +-15 degrees, the source 500-1000 mm from the patient's centre (SDD 1200 mm: a radiography room or a large
@@ -39,6 +44,7 @@ from XrayToDRRRegistrationLib.search import camera
 
 SDD, SIZE, FOV = 1200.0, 256, 384.0
 TOTALSEG_FILE = "totalsegmentator_example_ct.nii.gz"
+OTHER_CT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 TOTALSEG_SOURCE = ("TotalSegmentator tests/reference_files/example_ct.nii.gz (commit 0effae9d, CC BY 4.0 data of "
                    "the TotalSegmentator dataset)")
 
@@ -64,6 +70,11 @@ def bench_cts(chest_path: Path, ct_dir: Path | None) -> tuple[list[dict], list[s
     else:
         skipped.append(f"abdomen and pelvis skipped: {TOTALSEG_FILE} not found in --ct-dir "
                        f"({ct_dir or 'not given'}); see bench/clinician.py for where it comes from")
+    for path in sorted(Path(ct_dir).iterdir()) if ct_dir else []:
+        name = path.name
+        stem = next((name[: -len(x)] for x in OTHER_CT_SUFFIXES if name.lower().endswith(x)), None)
+        if stem is not None and name != TOTALSEG_FILE:
+            cts.append({"name": stem, "image": sitk.ReadImage(str(path)), "source": f"--ct-dir file {name}"})
     return cts, skipped
 
 
