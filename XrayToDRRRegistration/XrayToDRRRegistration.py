@@ -260,6 +260,72 @@ class XrayToDRRPoseReview:
         self.node = None
 
 
+class XrayToDRRMultiViewReview:
+    """The live review of a multi-view result: the six values move the patient pose (the parent transform, view
+    1's camera; XrayToDRRPoseReview's values, about the CT centre) and every view, a child of it, re-renders its
+    preview DRR over its own X-ray. `ncc` is the mean of the views' (`nccs`). Same interface as
+    XrayToDRRPoseReview (update, render, valuesFromNode, reset, close; `node` is view 1's preview)."""
+
+    def __init__(self, scene, renderer, parentNode, viewNodes, center, size: int = 128, fields=None):
+        from XrayToDRRLib.pose import Pose
+
+        self.scene, self.poseNode = scene, parentNode
+        self.center = np.asarray(center, dtype=np.float64)
+        self.base = Pose.from_dict(json.loads(parentNode.GetAttribute(REGISTERED_POSE)))
+        fields = list(fields or []) + [None] * len(viewNodes)
+        self.views = [XrayToDRRPoseReview(scene, renderer, node, node.GetNodeReference("XrayToDRR.xray"), center,
+                                          size, f"{node.GetName()} review DRR", field)
+                      for node, field in zip(viewNodes, fields)]
+        self.values = np.zeros(6)
+        self.ncc = self.seconds = None
+        self.nccs = []
+
+    @property
+    def node(self):
+        return self.views[0].node if self.views else None
+
+    def pose(self, values=None):
+        """The patient pose (view 1's camera) the values give."""
+        from XrayToDRRRegistrationLib.mrml import review_pose
+
+        return review_pose(self.base, self.values if values is None else values, self.center)
+
+    def update(self, values) -> float:
+        """Move the patient pose by the values, re-render every view; returns the mean NCC."""
+        from XrayToDRRRegistrationLib.mrml import set_pose_matrix
+
+        self.values = np.asarray(values, dtype=np.float64).reshape(6)
+        set_pose_matrix(self.poseNode, self.pose())
+        return self.render()
+
+    def render(self, pose=None) -> float:
+        """Re-render every view at its transform node's pose (under the patient pose as it is now)."""
+        start = time.perf_counter()
+        self.nccs = [view.render() for view in self.views]
+        self.ncc = float(np.mean(self.nccs))
+        self.seconds = time.perf_counter() - start
+        return self.ncc
+
+    def valuesFromNode(self) -> np.ndarray:
+        from XrayToDRRLib import mrml
+        from XrayToDRRRegistrationLib.mrml import review_values
+
+        self.values = review_values(self.base, mrml.pose_from_transform_node(self.poseNode).world_from_camera,
+                                    self.center)
+        return self.values
+
+    def reset(self) -> float:
+        return self.update(np.zeros(6))
+
+    def close(self) -> None:
+        from XrayToDRRRegistrationLib.mrml import remove_with_comparisons
+
+        for view in self.views:
+            remove_with_comparisons(self.scene, view.node)
+            view.node = None
+        self.views = []
+
+
 #
 # XrayToDRRRegistrationWidget
 #
@@ -726,6 +792,7 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
     PREVIEW_SIZE = 128   # live review: pixels along the detector's longer side
     DRR_SIZE = 512       # result DRR: at most this many pixels along the longer side (same field of view)
     # the register verb's defaults (XrayToDRRRegistrationLib.batch.RegistrationOptions)
+    MULTIVIEW_MODES = ("rigid-rig", "independent")  # register --multiview (XrayToDRRRegistrationLib.multiview.MODES)
     REGISTER_DEFAULTS = {"crop": 0, "collimator": "auto", "similarity": "gmncc", "scales": "auto", "lr_rot": 1e-2,
                          "lr_xyz": 1.0, "patience": 8, "max_n_itrs": 200, "renderer": "auto"}
 
@@ -824,6 +891,55 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
                 args += [f"--{key.replace('_', '-')}", value]
         return args
 
+    def _initArguments(self, folder: Path, xrayNode, model, initPose, initView, initDicom, landmarks) -> list:
+        """The register verb's one initialisation option (files it needs written into the job folder)."""
+        from XrayToDRRLib import mrml
+        from XrayToDRRLib.errors import InputError
+
+        given = [k for k, v in (("model", model), ("initPose", initPose), ("initView", initView),
+                                ("initDicom", initDicom or None), ("landmarks", landmarks)) if v is not None]
+        if len(given) != 1:
+            raise InputError(f"give exactly one initialisation (got {', '.join(given) or 'none'})", None,
+                             "choose a pose model, a pose, a view, the DICOM angles or landmarks")
+        if model is not None:
+            return ["--model", _abs(model)]
+        if initPose is not None:
+            if isinstance(initPose, (str, Path)):
+                return ["--init-pose", _abs(initPose)]
+            mrml.pose_from_transform_node(initPose).save(folder / "init_pose.json")
+            return ["--init-pose", "init_pose.json"]
+        if initView is not None:
+            return ["--init-view", initView]
+        if initDicom:
+            return ["--init-dicom"]
+        if isinstance(landmarks, (str, Path)):
+            return ["--init-landmarks", _abs(landmarks)]
+        self.landmarksFile(xrayNode, landmarks[0], landmarks[1], folder / "landmarks.json")
+        return ["--init-landmarks", "landmarks.json"]
+
+    def _optionArguments(self, folder: Path, volumeNode, segmentationNode, labels, crop, subtractBackground,
+                         linearize, collimator, similarity, scales, lrRot, lrXyz, patience, maxIterations,
+                         renderer, saveImages, translate) -> list:
+        """The register verb's mask and options, each only where it differs from the verb's default."""
+        args = []
+        if segmentationNode is not None:
+            self.base._writeVolume(segmentationNode, folder / "mask.nrrd", labels=True, reference=volumeNode)
+            args += ["--mask", (folder / "mask.nrrd").resolve()]
+            chosen = self.base._labels(labels)
+            if chosen:
+                args += ["--labels", ",".join(str(v) for v in chosen)]
+        args += self._registerOptions(crop=int(crop), collimator=collimator, similarity=similarity, scales=scales,
+                                      lr_rot=lrRot, lr_xyz=lrXyz, patience=int(patience),
+                                      max_n_itrs=int(maxIterations), renderer=renderer)
+        for flag, on in (("--subtract-background", subtractBackground), ("--linearize", linearize),
+                         ("--save-images", saveImages)):
+            if on:
+                args.append(flag)
+        if translate is not None:
+            translate = _abs(translate)
+            args += ["--translate", translate / "latest.pth.tar" if translate.is_dir() else translate]
+        return args
+
     def modelDetectorFromXray(self, xrayNode, height: int = 128) -> tuple[float, float]:
         """(sdd, delx) of a square `height`-pixel training detector covering the X-ray's larger side."""
         from XrayToDRRLib import mrml
@@ -863,9 +979,9 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
 
         return np.asarray(center_ras(mrml.volume_node_to_sitk(volumeNode)), dtype=np.float64)
 
-    def _xrayFile(self, xrayNode, folder: Path, keepDicom: bool = False) -> str:
+    def _xrayFile(self, xrayNode, folder: Path, keepDicom: bool = False, name: str = "xray.dcm") -> str:
         """The X-ray the verb reads: its source DICOM when it still exists and agrees with the node (keeps every
-        tag: C-arm angles for --init-dicom), else a DICOM written from the node's pixels and geometry."""
+        tag: C-arm angles for --init-dicom), else a DICOM written from the node's pixels and geometry (`name`)."""
         from XrayToDRRLib import mrml
         from XrayToDRRLib.dicom import write_xray_dicom
         from XrayToDRRLib.xray import require_geometry
@@ -879,7 +995,7 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
             original = read_xray(source)
             if original.sdd == xray.sdd and original.pixels.shape == xray.pixels.shape:
                 return str(source)
-        return str(write_xray_dicom(xray.pixels, folder / "xray.dcm", xray.sdd, xray.delx, xray.dely))
+        return str(write_xray_dicom(xray.pixels, folder / name, xray.sdd, xray.delx, xray.dely))
 
     def landmarksFile(self, xrayNode, xrayMarkups, ctMarkups, path) -> Path:
         """Write the --init-landmarks JSON from two markups point lists (n-th X-ray point <-> n-th CT point)."""
@@ -959,7 +1075,6 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
         as attribute XrayToDRR.registrationFolder. For a folder of X-rays (one job, one result folder each and
         summary.csv): [(X-ray node, pose node, DRR node, metrics table node), ...] of those registered.
         `onDone(result folder)`: what a single X-ray's finished job returns instead (findPose uses it)."""
-        from XrayToDRRLib import mrml
         from XrayToDRRLib.errors import InputError
 
         self.base._requireEngine()
@@ -974,44 +1089,10 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
             raise InputError("landmark point lists need the X-ray node they were placed on", str(xrayNode),
                              "give the X-ray node, or a landmarks JSON file")
         args = ["register", xray, "--volume", self._volumeArgument(volumeNode, folder, "ct.nrrd"), "-o", out]
-        given = [k for k, v in (("model", model), ("initPose", initPose), ("initView", initView),
-                                ("initDicom", initDicom or None), ("landmarks", landmarks)) if v is not None]
-        if len(given) != 1:
-            raise InputError(f"give exactly one initialisation (got {', '.join(given) or 'none'})", None,
-                             "choose a pose model, a pose, a view, the DICOM angles or landmarks")
-        if model is not None:
-            args += ["--model", _abs(model)]
-        elif initPose is not None:
-            if isinstance(initPose, (str, Path)):
-                args += ["--init-pose", _abs(initPose)]
-            else:
-                mrml.pose_from_transform_node(initPose).save(folder / "init_pose.json")
-                args += ["--init-pose", "init_pose.json"]
-        elif initView is not None:
-            args += ["--init-view", initView]
-        elif initDicom:
-            args.append("--init-dicom")
-        elif isinstance(landmarks, (str, Path)):
-            args += ["--init-landmarks", _abs(landmarks)]
-        else:
-            self.landmarksFile(xrayNode, landmarks[0], landmarks[1], folder / "landmarks.json")
-            args += ["--init-landmarks", "landmarks.json"]
-        if segmentationNode is not None:
-            self.base._writeVolume(segmentationNode, folder / "mask.nrrd", labels=True, reference=volumeNode)
-            args += ["--mask", (folder / "mask.nrrd").resolve()]
-            chosen = self.base._labels(labels)
-            if chosen:
-                args += ["--labels", ",".join(str(v) for v in chosen)]
-        args += self._registerOptions(crop=int(crop), collimator=collimator, similarity=similarity, scales=scales,
-                                      lr_rot=lrRot, lr_xyz=lrXyz, patience=int(patience),
-                                      max_n_itrs=int(maxIterations), renderer=renderer)
-        for flag, on in (("--subtract-background", subtractBackground), ("--linearize", linearize),
-                         ("--save-images", saveImages)):
-            if on:
-                args.append(flag)
-        if translate is not None:
-            translate = _abs(translate)
-            args += ["--translate", translate / "latest.pth.tar" if translate.is_dir() else translate]
+        args += self._initArguments(folder, xrayNode, model, initPose, initView, initDicom, landmarks)
+        args += self._optionArguments(folder, volumeNode, segmentationNode, labels, crop, subtractBackground,
+                                      linearize, collimator, similarity, scales, lrRot, lrXyz, patience,
+                                      maxIterations, renderer, saveImages, translate)
         args += ["--device", devices or self.device] + self._extra(extraArgs)
         if isFile and Path(xray).is_dir():
             return self.base._run("Registering X-rays", args, folder, [out],
@@ -1048,6 +1129,134 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
         for node in nodes:
             node.SetAttribute(FOLDER, str(_abs(folder)))
         return nodes, table
+
+    # --- several views of one patient -----------------------------------------------------------------------------
+    def registerViews(self, xrayNodes, volumeNode, mode: str = "rigid-rig", rig=None, model=None, initPose=None,
+                      initView: Optional[str] = None, initDicom: bool = False, landmarks=None,
+                      segmentationNode=None, labels=None, outputFolder=None, crop: int = 0,
+                      subtractBackground: bool = False, linearize: bool = False, collimator: str = "auto",
+                      similarity: str = "gmncc", scales: str = "auto", lrRot: float = 1e-2, lrXyz: float = 1.0,
+                      patience: int = 8, maxIterations: int = 200, renderer: str = "auto", saveImages: bool = False,
+                      devices: Optional[str] = None, extraArgs=None, name: Optional[str] = None,
+                      opacity: float = 0.5, wait: bool = True, onDone=None, translate=None):
+        """Register two or more X-ray nodes (or files), views of one patient, jointly (`xraytodrr register X1 X2
+        ... --multiview MODE [--rig rig.json]`): 'rigid-rig' (the CLI's: one patient pose, the views' relative
+        C-arm geometry from `rig` or, without it, the X-rays' DICOM angles) or 'independent' (a pose per view and
+        their consistency). One initialisation as for `register` (for view 1; `landmarks` are placed on the first
+        X-ray); the other options as `register`'s, with its defaults. Each X-ray goes to the verb as its source
+        DICOM when that still agrees with the node (its C-arm angles, its file name for rig.json's "file"), else
+        as a DICOM written from the node, named after it. Bad input raises before anything is written.
+
+        Returns loadMultiView's (patient pose node, the views' pose nodes, their DRR nodes, metrics table node);
+        `onDone(result folder)`: what the finished job returns instead."""
+        from XrayToDRRLib.errors import InputError, require_file
+
+        self.base._requireEngine()
+        self._require(volumeNode, "CT")
+        xrayNodes = list(xrayNodes or [])
+        if len(xrayNodes) < 2 or any(x is None for x in xrayNodes):
+            raise InputError(f"a multi-view registration needs at least two X-rays, got "
+                             f"{sum(x is not None for x in xrayNodes)}", None,
+                             "select every view's X-ray (two or more), or use Register for one X-ray")
+        keys = [str(_abs(x)) if isinstance(x, (str, Path)) else x.GetID() for x in xrayNodes]
+        if len(set(keys)) != len(keys):
+            raise InputError("the same X-ray is selected twice", None, "select each view once")
+        if mode not in self.MULTIVIEW_MODES:
+            raise InputError(f"unknown multi-view mode '{mode}'", None, f"use {' or '.join(self.MULTIVIEW_MODES)}")
+        rigPath = require_file(_abs(rig), "rig file") if _path(rig) is not None else None
+        nodes = [self.base.importXray(_abs(x)) if isinstance(x, (str, Path)) else x for x in xrayNodes]
+        folder = self.newFolder("register-views")
+        out = _abs(outputFolder) if outputFolder else folder / "multiview"
+        files, used = [], set()
+        for node in nodes:
+            stem = re.sub(r"[^A-Za-z0-9._-]+", "_", node.GetName()) or "xray"
+            fileName = next(f"{stem}{suffix}.dcm" for suffix in [""] + [f"-{n}" for n in range(2, len(nodes) + 2)]
+                            if f"{stem}{suffix}.dcm" not in used)
+            used.add(fileName)
+            files.append(self._xrayFile(node, folder, keepDicom=True, name=fileName))
+        args = ["register", *files, "--volume", self._volumeArgument(volumeNode, folder, "ct.nrrd"), "-o", out,
+                "--multiview", mode]
+        if rigPath is not None:
+            args += ["--rig", rigPath]
+        args += self._initArguments(folder, nodes[0], model, initPose, initView, initDicom, landmarks)
+        args += self._optionArguments(folder, volumeNode, segmentationNode, labels, crop, subtractBackground,
+                                      linearize, collimator, similarity, scales, lrRot, lrXyz, patience,
+                                      maxIterations, renderer, saveImages, translate)
+        args += ["--device", devices or self.device] + self._extra(extraArgs)
+
+        def finish(outputs):
+            if onDone is not None:
+                return onDone(out)
+            return self.loadMultiView(out, nodes, volumeNode, name, opacity)
+
+        return self.base._run("Registering views", args, folder, [out], finish, wait)
+
+    def loadMultiView(self, folder, xrayNodes=None, volumeNode=None, name: Optional[str] = None,
+                      opacity: float = 0.5):
+        """A multi-view result folder (metrics.json, view-1/, view-2/, ...) as nodes: (patient pose node, the
+        views' pose nodes, their DRR nodes, metrics table node). The patient pose is a transform holding view 1's
+        world_from_camera; each view's pose is a child transform holding its camera relative to view 1's (the rig;
+        XrayToDRRRegistrationLib.mrml.multiview_pose_nodes), so moving the patient pose moves every view. Each view
+        is loaded as `loadRegistration` loads one (its X-ray node, `xrayNodes[k]`, placed on its detector, else its
+        gt.png; its DRR; its metrics; its C-arm) and shown in its own slice view of a side-by-side layout. The
+        combined metrics (mode, similarity, the weakest view's confidence, consistency, warning) are the table;
+        one row per view is the patient pose's 'XrayToDRR.viewMetrics' table."""
+        from XrayToDRRLib import mrml
+        from XrayToDRRLib.pose import load_pose
+        from XrayToDRRRegistrationLib import mrml as review
+
+        folder = _abs(folder)
+        folders = review.multiview_folders(folder)
+        poses = [load_pose(f / "pose.json") for f in folders]
+        xrayNodes = list(xrayNodes or [])
+        xrayNodes += [None] * (len(folders) - len(xrayNodes))
+        name = name or f"{folder.name} registration"
+        metrics = json.loads((folder / "metrics.json").read_text())
+        parent, children = review.multiview_pose_nodes(poses, self.scene, name)
+        parent.SetAttribute(FOLDER, str(folder))
+        parent.SetAttribute(REGISTERED_POSE, json.dumps(poses[0].to_dict()))
+        parent.SetAttribute(review.MULTIVIEW, str(metrics["multiview"].get("mode", "")))
+        views = review.show_multiview_layout(self.scene, len(folders))
+        drrs = []
+        for k, (child, pose, viewFolder) in enumerate(zip(children, poses, folders)):
+            drr, _ = self._resultNodes(viewFolder, pose, child, xrayNodes[k], volumeNode, f"{name} view {k + 1}",
+                                       opacity, views[k])
+            self.base.showCArm(child)
+            drrs.append(drr)
+        table = self.metricsTable(folder, f"{name} metrics")
+        rows = review.view_metrics_rows(metrics)
+        perView = mrml.metrics_to_table_node(rows, self.scene, f"{name} views")
+        for role, node in (("XrayToDRR.metrics", table), ("XrayToDRR.viewMetrics", perView),
+                           ("XrayToDRR.xray", children[0].GetNodeReference("XrayToDRR.xray")),
+                           ("XrayToDRR.drr", drrs[0])):
+            if node is not None:
+                parent.SetNodeReferenceID(role, node.GetID())
+        return parent, children, drrs, table
+
+    @staticmethod
+    def isMultiView(poseNode) -> bool:
+        """Is this the patient pose of a multi-view result (loadMultiView)?"""
+        from XrayToDRRRegistrationLib import mrml as review
+
+        return poseNode is not None and bool(review.view_pose_nodes(poseNode))
+
+    def showViews(self, poseNode, mode: str = "overlay", opacity: float = 0.5, tiles: int = 8, review=None):
+        """Each view of a multi-view result in its own slice view: the DRR (or the live review's preview) over
+        the X-ray, or their difference / checkerboard. Returns the slice composite nodes."""
+        from XrayToDRRRegistrationLib import mrml as glue
+
+        children = glue.view_pose_nodes(poseNode)
+        previews = [v.node for v in review.views] if isinstance(review, XrayToDRRMultiViewReview) else \
+            [c.GetNodeReference("XrayToDRR.drr") for c in children]
+        glue.show_multiview_layout(self.scene, len(children))
+        return glue.show_views(self.scene, [(c.GetNodeReference("XrayToDRR.xray"), d)
+                                            for c, d in zip(children, previews)], mode, opacity, tiles)
+
+    def showCArm(self, poseNode) -> list:
+        """The C-arm markups of a pose: of every view for a multi-view patient pose. Returns [(source, detector)]."""
+        from XrayToDRRRegistrationLib import mrml as review
+
+        return [self.base.showCArm(node) for node in review.view_pose_nodes(poseNode) or [poseNode]]
 
     def registerFiles(self, paths, volumeNode, outputFolder, **options) -> list:
         """Register a folder of X-rays (one job: `xraytodrr register FOLDER`) or a list of X-ray files (one job
@@ -1177,16 +1386,26 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
         matches the pose's detector, else the preprocessed X-ray (gt.png) is loaded there; the DRR (the verb's
         hq_drr.png, else the CT's FastRenderer 'hq' at up to DRR_SIZE pixels) is shown over it; the C-arm's source
         and detector are drawn."""
-        import SimpleITK as sitk
         from XrayToDRRLib import mrml
         from XrayToDRRLib.pose import load_pose
-        from XrayToDRRLib.xray import Xray
-        from XrayToDRRRegistrationLib import mrml as review
 
         folder = _abs(folder)  # kept on the pose node for later jobs (evaluate, view3d), which run elsewhere
         pose = load_pose(folder / "pose.json")
         name = name or f"{folder.name} registration"
         poseNode = mrml.pose_to_transform_node(pose, self.scene, f"{name} pose")
+        drr, table = self._resultNodes(folder, pose, poseNode, xrayNode, volumeNode, name, opacity)
+        self.base.showCArm(poseNode)
+        return poseNode, drr, table
+
+    def _resultNodes(self, folder: Path, pose, poseNode, xrayNode, volumeNode, name: str, opacity: float,
+                     view: str = "Red"):
+        """A result folder's X-ray on the pose's detector, its DRR over it in `view` and its metrics table, all
+        referenced by the pose node, which keeps the folder and the registered pose. Returns (DRR, table)."""
+        import SimpleITK as sitk
+        from XrayToDRRLib import mrml
+        from XrayToDRRLib.xray import Xray
+        from XrayToDRRRegistrationLib import mrml as review
+
         poseNode.SetAttribute(FOLDER, str(folder))
         poseNode.SetAttribute(REGISTERED_POSE, json.dumps(pose.to_dict()))
         dims = xrayNode.GetImageData().GetDimensions() if xrayNode is not None else None
@@ -1207,13 +1426,12 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
             drr = mrml.drr_to_volume_node(self.renderer(volumeNode).render(small, "hq"), small, self.scene,
                                           f"{name} DRR")
         if drr is not None:
-            mrml.show_overlay(self.scene, shown, drr, opacity)
+            mrml.show_overlay(self.scene, shown, drr, opacity, view)
         table = self.metricsTable(folder, f"{name} metrics")
         for role, node in (("XrayToDRR.drr", drr), ("XrayToDRR.xray", shown), ("XrayToDRR.metrics", table)):
             if node is not None:
                 poseNode.SetNodeReferenceID(role, node.GetID())
-        self.base.showCArm(poseNode)
-        return poseNode, drr, table
+        return drr, table
 
     @staticmethod
     def registrationFigure(folder) -> Optional[Path]:
@@ -1247,12 +1465,28 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
         import SimpleITK as sitk
 
         self._require(poseNode, "pose transform")
+        if self.isMultiView(poseNode):
+            return self.startMultiViewReview(poseNode, volumeNode, size)
         xrayNode = xrayNode or poseNode.GetNodeReference("XrayToDRR.xray")
         self._require(xrayNode, "X-ray")
         field = Path(poseNode.GetAttribute(FOLDER) or ".") / "field.png"
         field = sitk.GetArrayFromImage(sitk.ReadImage(str(field))) if field.is_file() else None
         return XrayToDRRPoseReview(self.scene, self.renderer(volumeNode), poseNode, xrayNode,
                                    self.volumeCenter(volumeNode), size or self.PREVIEW_SIZE, field=field)
+
+    def startMultiViewReview(self, poseNode, volumeNode, size: Optional[int] = None) -> XrayToDRRMultiViewReview:
+        """A live review of a multi-view result's patient pose: see XrayToDRRMultiViewReview (each view's NCC
+        inside its registration's exposed field)."""
+        import SimpleITK as sitk
+        from XrayToDRRRegistrationLib import mrml as review
+
+        views = review.view_pose_nodes(self._require(poseNode, "patient pose transform"))
+        fields = []
+        for node in views:
+            field = Path(node.GetAttribute(FOLDER) or ".") / "field.png"
+            fields.append(sitk.GetArrayFromImage(sitk.ReadImage(str(field))) if field.is_file() else None)
+        return XrayToDRRMultiViewReview(self.scene, self.renderer(volumeNode), poseNode, views,
+                                        self.volumeCenter(volumeNode), size or self.PREVIEW_SIZE, fields)
 
     def resetPose(self, poseNode) -> None:
         """Give the pose node back the registration result it was loaded with."""
