@@ -9,11 +9,14 @@ CLI verbs (`register`, `train`, `finetune`) with the same defaults and return MR
     review = logic.startReview(pose, ctNode, xrayNode)       # live low-resolution DRR over the X-ray, NCC
     review.update([0, 0, 2, 5, 0, 0])            # rx, ry, rz (deg, about the volume centre), tx, ty, tz (mm)
     logic.accept(pose, review)                               # review.json + the accepted list (Translation module)
+    patient, views, drrs, metrics = logic.registerViews([apNode, latNode], ctNode, rig="rig.json", initPose=poseNode)
 
 The pose is a linear transform node (matrix = world_from_camera, XrayToDRRLib.mrml); the DRR lies on the detector
 plane over the X-ray (Red view: overlay, difference or checkerboard); the source and detector are markups; metrics
-are a table node. Verbs run in child processes (XrayToDRR's XrayToDRRTask): the console waits (wait=True), the
-panel polls with a QTimer (wait=False) and can cancel.
+are a table node. Several views of one patient (`register --multiview`): a patient pose transform with one child
+transform per view (XrayToDRRRegistrationLib.mrml.multiview_pose_nodes), each view in its own slice view. Verbs run
+in child processes (XrayToDRR's XrayToDRRTask): the console waits (wait=True), the panel polls with a QTimer
+(wait=False) and can cancel.
 """
 
 from __future__ import annotations
@@ -156,6 +159,9 @@ class XrayToDRRRegistrationParameterNode:
     saveImages: bool = False
     translateCheckpoint: Path
     registerOptions: str = ""
+    # several views of one patient (the X-rays: a checkable combo box, which the wrapper cannot bind)
+    multiViewMode: Annotated[str, Choice(["rigid-rig", "independent"])] = "rigid-rig"
+    multiViewRig: Path
     # result and review
     resultPose: vtkMRMLLinearTransformNode
     truePose: vtkMRMLLinearTransformNode
@@ -367,13 +373,15 @@ class XrayToDRRRegistrationWidget(TaskRunnerMixin, ScriptedLoadableModuleWidget,
 
         self.setupTaskRunner([self.ui.trainButton, self.ui.resumeTrainingButton, self.ui.finetuneButton,
                               self.ui.registerButton, self.ui.refineButton, self.ui.evaluateButton,
-                              self.ui.view3dButton, self.ui.animateButton, self.ui.findPoseButton])
+                              self.ui.view3dButton, self.ui.animateButton, self.ui.findPoseButton,
+                              self.ui.registerViewsButton])
         self.ui.modelFromXrayButton.connect("clicked(bool)", self.onModelFromXray)
         self.ui.trainButton.connect("clicked(bool)", self.onTrain)
         self.ui.resumeTrainingButton.connect("clicked(bool)", self.onResumeTraining)
         self.ui.finetuneButton.connect("clicked(bool)", self.onFinetune)
         self.ui.registerButton.connect("clicked(bool)", self.onRegister)
         self.ui.findPoseButton.connect("clicked(bool)", self.onFindPose)
+        self.ui.registerViewsButton.connect("clicked(bool)", self.onRegisterViews)
         self.ui.useCandidateButton.connect("clicked(bool)", self.onUseCandidate)
         self.ui.refineButton.connect("clicked(bool)", self.onRefine)
         self.ui.acceptButton.connect("clicked(bool)", lambda checked=False: self.onDecision("accept"))
@@ -487,8 +495,9 @@ class XrayToDRRRegistrationWidget(TaskRunnerMixin, ScriptedLoadableModuleWidget,
             opacity=p.opacity)
 
     def _registered(self, result) -> None:
+        """A result of register or registerViews: (pose node, ..., metrics table node)."""
         p = self._parameterNode
-        poseNode, drr, table = result
+        poseNode, table = result[0], result[-1]
         self._closeReview()
         p.resultPose = poseNode
         p.registrationFolder = Path(poseNode.GetAttribute(FOLDER))
@@ -554,6 +563,12 @@ class XrayToDRRRegistrationWidget(TaskRunnerMixin, ScriptedLoadableModuleWidget,
         p = self._parameterNode
         self._start(self.ui.registerButton, lambda: self.logic.register(
             p.xrayVolume, p.ctVolume, outputFolder=None, wait=False, **self._registerArguments()), self._registered)
+
+    def onRegisterViews(self, checked=False) -> None:
+        p = self._parameterNode
+        self._start(self.ui.registerViewsButton, lambda: self.logic.registerViews(
+            self.ui.multiViewXraysSelector.checkedNodes(), p.ctVolume, mode=p.multiViewMode,
+            rig=_path(p.multiViewRig), wait=False, **self._registerArguments()), self._registered)
 
     def onRefine(self, checked=False) -> None:
         """Register again, initialised at the pose under review."""
@@ -629,6 +644,10 @@ class XrayToDRRRegistrationWidget(TaskRunnerMixin, ScriptedLoadableModuleWidget,
         live preview while reviewing."""
         p = self._parameterNode
         if p is None or p.resultPose is None:
+            return
+        if self.logic.isMultiView(p.resultPose):  # every view in its own slice view
+            with slicer.util.tryWithErrorDisplay("Cannot show the views.", waitCursor=False):
+                self.logic.showViews(p.resultPose, p.viewMode, p.opacity, p.checkerTiles, self._review)
             return
         xray = p.resultPose.GetNodeReference("XrayToDRR.xray") or p.xrayVolume
         with slicer.util.tryWithErrorDisplay("Cannot show the comparison.", waitCursor=False):
@@ -761,7 +780,7 @@ class XrayToDRRRegistrationWidget(TaskRunnerMixin, ScriptedLoadableModuleWidget,
                     self._applying = False
             else:
                 self.logic.resetPose(p.resultPose)
-            self.logic.base.showCArm(p.resultPose)
+            self.logic.showCArm(p.resultPose)
 
     def onDecision(self, decision: str) -> None:
         p = self._parameterNode
@@ -770,7 +789,7 @@ class XrayToDRRRegistrationWidget(TaskRunnerMixin, ScriptedLoadableModuleWidget,
             return
         with slicer.util.tryWithErrorDisplay("The decision could not be recorded.", waitCursor=True):
             path = self.logic.recordDecision(p.resultPose, decision, self._review, _path(p.registrationFolder))
-            self.logic.base.showCArm(p.resultPose)
+            self.logic.showCArm(p.resultPose)
             self._log(f"{decision}: wrote {path}")
             self.ui.decisionLabel.text = f"{'Accepted' if decision == 'accept' else 'Rejected'}: {path.parent.name}"
 
@@ -1435,11 +1454,12 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def registrationFigure(folder) -> Optional[Path]:
-        """The evaluation figure of a registration output folder (evaluation.png by `xraytodrr evaluate`, else
-        registration.png by --save-images), else its final DRR (final_img.png); None when there is none."""
+        """The evaluation figure of a registration output folder (evaluation.png by `xraytodrr evaluate`, else a
+        multi-view result's multiview.png, else registration.png by --save-images), else its final DRR
+        (final_img.png); None when there is none."""
         if folder is None:
             return None
-        for name in ("evaluation.png", "registration.png", "final_img.png"):
+        for name in ("evaluation.png", "multiview.png", "registration.png", "final_img.png"):
             if (Path(folder) / name).is_file():
                 return Path(folder) / name
         return None
@@ -1540,7 +1560,7 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
 class XrayToDRRRegistrationTest(ScriptedLoadableModuleTest):
     """The panel's workflow on the sample data, through the Logic (needs the engine's packages installed):
     register the simulated X-ray from a perturbed pose, review it live, reset, accept; find its pose from the X-ray
-    and CT alone."""
+    and CT alone; register two simulated views jointly and review their shared pose."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -1548,6 +1568,8 @@ class XrayToDRRRegistrationTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_workflow_on_sample_data()
+        self.setUp()
+        self.test_two_views_on_sample_data()
 
     def test_workflow_on_sample_data(self):
         from XrayToDRRLib import mrml
@@ -1601,4 +1623,57 @@ class XrayToDRRRegistrationTest(ScriptedLoadableModuleTest):
         self.assertEqual(candidateTable.GetNumberOfRows(), len(candidates))
         best = mrml.pose_from_transform_node(candidates[0])
         self.assertLess(reprojection(best), reprojection(mrml.pose_from_transform_node(start)) + 20.0)
+        self.delayDisplay("Test passed")
+
+    def test_two_views_on_sample_data(self):
+        import dataclasses
+        import tempfile
+
+        from XrayToDRRLib import mrml
+        from XrayToDRRLib.pose import perturb, standard_view
+        from XrayToDRRLib.simulate import simulate_xray
+        from XrayToDRRLib.xray import Xray
+
+        logic = XrayToDRRRegistrationLogic()
+        self.assertTrue(logic.dependencies.ensure(askConfirmation=False))
+        self.delayDisplay("Two simulated 64-pixel views (AP, lateral) of the sample CT, the patient moved on the table")
+        ct, _ = logic.base.loadSampleCT()
+        image, center = mrml.volume_node_to_sitk(ct), logic.volumeCenter(ct)
+        nominal = [standard_view(view, center, 1020.0, 64, 64, 5.0, source_to_isocenter=600.0)
+                   for view in ("ap", "lateral")]
+        true = [perturb(pose, [3.0, -2.0, 2.0], [6.0, -4.0, 5.0], center) for pose in nominal]
+        xrays = [mrml.xray_to_volume_node(Xray(simulate_xray(image, pose, seed=k + 1, device=logic.device),
+                                                pose.sdd, pose.delx, pose.dely), slicer.mrmlScene, name)
+                 for k, (pose, name) in enumerate(zip(true, ("ap", "lat")))]
+        rig = [np.eye(4), np.linalg.inv(nominal[0].world_from_camera) @ nominal[1].world_from_camera]
+        rigPath = Path(tempfile.mkdtemp()) / "rig.json"
+        rigPath.write_text(json.dumps({"views": [{"first_camera_from_camera": m.tolist()} for m in rig]}))
+        start = perturb(true[0], [0.0, 0.0, 3.0], [8.0, 0.0, 0.0], center)
+        startNode = mrml.pose_to_transform_node(start, slicer.mrmlScene, "start")
+
+        self.delayDisplay("Register both views with one patient pose (rigid rig from rig.json, background job)")
+        parent, views, drrs, table = logic.registerViews(xrays, ct, rig=rigPath, initPose=startNode)
+        grid = center + 50.0 * np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)])
+        for k, (node, truth) in enumerate(zip(views, true)):
+
+            def reprojection(world):  # mean distance (pixels) of projected CT points from where the truth puts them
+                moved = dataclasses.replace(truth, world_from_camera=world)
+                return float(np.mean(np.linalg.norm(moved.project(grid) - truth.project(grid), axis=1)))
+
+            self.assertIs(node.GetParentTransformNode(), parent)  # the view's camera relative to view 1's: the rig
+            self.assertTrue(np.allclose(slicer.util.arrayFromTransformMatrix(node), rig[k], atol=1e-6))
+            found = mrml.pose_from_transform_node(node).world_from_camera
+            self.assertLess(reprojection(found), 0.5 * reprojection(start.world_from_camera @ rig[k]))
+            self.assertIsNotNone(drrs[k])
+        self.assertGreater(table.GetNumberOfRows(), 0)
+
+        self.delayDisplay("Live review: moving the patient pose re-renders both views")
+        review = logic.startReview(parent, ct)
+        atResult = review.update(np.zeros(6))
+        images = [slicer.util.arrayFromVolume(v.node).copy() for v in review.views]
+        review.update([0, 0, 3, 5, 0, 0])
+        for view, image in zip(review.views, images):
+            self.assertFalse(np.allclose(slicer.util.arrayFromVolume(view.node), image))
+        self.assertAlmostEqual(review.reset(), atResult, places=6)
+        review.close()
         self.delayDisplay("Test passed")

@@ -474,11 +474,12 @@ def show_multiview_layout(scene, count: int) -> list[str]:
     if layout is None:
         layout = scene.AddNewNodeByClass("vtkMRMLLayoutNode")
     xml = multiview_layout_xml(count)
-    if layout.IsLayoutDescription(LAYOUT_ID):
-        layout.SetLayoutDescription(LAYOUT_ID, xml)
-    else:
+    if not layout.IsLayoutDescription(LAYOUT_ID):
         layout.AddLayoutDescription(LAYOUT_ID, xml)
-    layout.SetViewArrangement(LAYOUT_ID)
+    elif layout.GetLayoutDescription(LAYOUT_ID) != xml:  # an unchanged one is left alone: no relayout
+        layout.SetLayoutDescription(LAYOUT_ID, xml)
+    if layout.GetViewArrangement() != LAYOUT_ID:
+        layout.SetViewArrangement(LAYOUT_ID)
     return view_names(count)
 
 
