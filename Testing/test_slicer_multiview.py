@@ -188,6 +188,12 @@ def test_the_logic_runs_the_verbs_multiview_command_line(module, logic, scene, r
     assert command[command.index("--init-view") + 1] == "ap"
     for default in ("--lr-rot", "--patience", "--max-n-itrs", "--renderer", "--scales", "--collimator"):
         assert default not in command  # the verb's defaults are left to the verb
+    xrays[1].SetName("ap")  # two nodes of one name still go to the verb as two files
+    task = logic.registerViews(xrays, ct, initView="ap", wait=False)
+    task.cancel()
+    cwd = task.job.declared_outputs[0].parent
+    assert task.job.command[4:6] == [str(cwd / "ap.dcm"), str(cwd / "ap-2.dcm")]
+    assert task.job.command[task.job.command.index("--multiview") + 1] == "rigid-rig"  # the default
     from XrayToDRRRegistrationLib.multiview import MODES
 
     assert module.XrayToDRRRegistrationLogic.MULTIVIEW_MODES == MODES

@@ -305,7 +305,8 @@ class XrayToDRRMultiViewReview:
         return self.render()
 
     def render(self, pose=None) -> float:
-        """Re-render every view at its transform node's pose (under the patient pose as it is now)."""
+        """Re-render every view at its transform node's pose under the patient pose as it is now (`pose`: unused,
+        XrayToDRRPoseReview's signature)."""
         start = time.perf_counter()
         self.nccs = [view.render() for view in self.views]
         self.ncc = float(np.mean(self.nccs))
@@ -741,7 +742,9 @@ class XrayToDRRRegistrationWidget(TaskRunnerMixin, ScriptedLoadableModuleWidget,
         if self._parameterNode.viewMode != "overlay":
             self.updateComparison()
         rate = 1.0 / self._review.seconds if self._review.seconds else 0.0
-        self.ui.nccLabel.text = f"NCC {ncc:.4f}   ({rate:.0f} renders/s)"
+        views = getattr(self._review, "nccs", None)  # a multi-view review: each view's too
+        each = f" (views {', '.join(f'{v:.3f}' for v in views)})" if views else ""
+        self.ui.nccLabel.text = f"NCC {ncc:.4f}{each}   ({rate:.0f} renders/s)"
 
     def onPoseModified(self, caller=None, event=None) -> None:
         """The transform was edited directly (Transforms module, interaction handles): follow it."""
@@ -1189,8 +1192,9 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
         files, used = [], set()
         for node in nodes:
             stem = re.sub(r"[^A-Za-z0-9._-]+", "_", node.GetName()) or "xray"
-            fileName = next(f"{stem}{suffix}.dcm" for suffix in [""] + [f"-{n}" for n in range(2, len(nodes) + 2)]
-                            if f"{stem}{suffix}.dcm" not in used)
+            fileName, n = f"{stem}.dcm", 2
+            while fileName in used:  # two nodes of one name: the verb needs distinct files
+                fileName, n = f"{stem}-{n}.dcm", n + 1
             used.add(fileName)
             files.append(self._xrayFile(node, folder, keepDicom=True, name=fileName))
         args = ["register", *files, "--volume", self._volumeArgument(volumeNode, folder, "ct.nrrd"), "-o", out,
