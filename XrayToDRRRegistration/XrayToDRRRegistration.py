@@ -9,11 +9,14 @@ CLI verbs (`register`, `train`, `finetune`) with the same defaults and return MR
     review = logic.startReview(pose, ctNode, xrayNode)       # live low-resolution DRR over the X-ray, NCC
     review.update([0, 0, 2, 5, 0, 0])            # rx, ry, rz (deg, about the volume centre), tx, ty, tz (mm)
     logic.accept(pose, review)                               # review.json + the accepted list (Translation module)
+    patient, views, drrs, metrics = logic.registerViews([apNode, latNode], ctNode, rig="rig.json", initPose=poseNode)
 
 The pose is a linear transform node (matrix = world_from_camera, XrayToDRRLib.mrml); the DRR lies on the detector
 plane over the X-ray (Red view: overlay, difference or checkerboard); the source and detector are markups; metrics
-are a table node. Verbs run in child processes (XrayToDRR's XrayToDRRTask): the console waits (wait=True), the
-panel polls with a QTimer (wait=False) and can cancel.
+are a table node. Several views of one patient (`register --multiview`): a patient pose transform with one child
+transform per view (XrayToDRRRegistrationLib.mrml.multiview_pose_nodes), each view in its own slice view. Verbs run
+in child processes (XrayToDRR's XrayToDRRTask): the console waits (wait=True), the panel polls with a QTimer
+(wait=False) and can cancel.
 """
 
 from __future__ import annotations
@@ -156,6 +159,9 @@ class XrayToDRRRegistrationParameterNode:
     saveImages: bool = False
     translateCheckpoint: Path
     registerOptions: str = ""
+    # several views of one patient (the X-rays: a checkable combo box, which the wrapper cannot bind)
+    multiViewMode: Annotated[str, Choice(["rigid-rig", "independent"])] = "rigid-rig"
+    multiViewRig: Path
     # result and review
     resultPose: vtkMRMLLinearTransformNode
     truePose: vtkMRMLLinearTransformNode
@@ -260,6 +266,73 @@ class XrayToDRRPoseReview:
         self.node = None
 
 
+class XrayToDRRMultiViewReview:
+    """The live review of a multi-view result: the six values move the patient pose (the parent transform, view
+    1's camera; XrayToDRRPoseReview's values, about the CT centre) and every view, a child of it, re-renders its
+    preview DRR over its own X-ray. `ncc` is the mean of the views' (`nccs`). Same interface as
+    XrayToDRRPoseReview (update, render, valuesFromNode, reset, close; `node` is view 1's preview)."""
+
+    def __init__(self, scene, renderer, parentNode, viewNodes, center, size: int = 128, fields=None):
+        from XrayToDRRLib.pose import Pose
+
+        self.scene, self.poseNode = scene, parentNode
+        self.center = np.asarray(center, dtype=np.float64)
+        self.base = Pose.from_dict(json.loads(parentNode.GetAttribute(REGISTERED_POSE)))
+        fields = list(fields or []) + [None] * len(viewNodes)
+        self.views = [XrayToDRRPoseReview(scene, renderer, node, node.GetNodeReference("XrayToDRR.xray"), center,
+                                          size, f"{node.GetName()} review DRR", field)
+                      for node, field in zip(viewNodes, fields)]
+        self.values = np.zeros(6)
+        self.ncc = self.seconds = None
+        self.nccs = []
+
+    @property
+    def node(self):
+        return self.views[0].node if self.views else None
+
+    def pose(self, values=None):
+        """The patient pose (view 1's camera) the values give."""
+        from XrayToDRRRegistrationLib.mrml import review_pose
+
+        return review_pose(self.base, self.values if values is None else values, self.center)
+
+    def update(self, values) -> float:
+        """Move the patient pose by the values, re-render every view; returns the mean NCC."""
+        from XrayToDRRRegistrationLib.mrml import set_pose_matrix
+
+        self.values = np.asarray(values, dtype=np.float64).reshape(6)
+        set_pose_matrix(self.poseNode, self.pose())
+        return self.render()
+
+    def render(self, pose=None) -> float:
+        """Re-render every view at its transform node's pose under the patient pose as it is now (`pose`: unused,
+        XrayToDRRPoseReview's signature)."""
+        start = time.perf_counter()
+        self.nccs = [view.render() for view in self.views]
+        self.ncc = float(np.mean(self.nccs))
+        self.seconds = time.perf_counter() - start
+        return self.ncc
+
+    def valuesFromNode(self) -> np.ndarray:
+        from XrayToDRRLib import mrml
+        from XrayToDRRRegistrationLib.mrml import review_values
+
+        self.values = review_values(self.base, mrml.pose_from_transform_node(self.poseNode).world_from_camera,
+                                    self.center)
+        return self.values
+
+    def reset(self) -> float:
+        return self.update(np.zeros(6))
+
+    def close(self) -> None:
+        from XrayToDRRRegistrationLib.mrml import remove_with_comparisons
+
+        for view in self.views:
+            remove_with_comparisons(self.scene, view.node)
+            view.node = None
+        self.views = []
+
+
 #
 # XrayToDRRRegistrationWidget
 #
@@ -301,13 +374,15 @@ class XrayToDRRRegistrationWidget(TaskRunnerMixin, ScriptedLoadableModuleWidget,
 
         self.setupTaskRunner([self.ui.trainButton, self.ui.resumeTrainingButton, self.ui.finetuneButton,
                               self.ui.registerButton, self.ui.refineButton, self.ui.evaluateButton,
-                              self.ui.view3dButton, self.ui.animateButton, self.ui.findPoseButton])
+                              self.ui.view3dButton, self.ui.animateButton, self.ui.findPoseButton,
+                              self.ui.registerViewsButton])
         self.ui.modelFromXrayButton.connect("clicked(bool)", self.onModelFromXray)
         self.ui.trainButton.connect("clicked(bool)", self.onTrain)
         self.ui.resumeTrainingButton.connect("clicked(bool)", self.onResumeTraining)
         self.ui.finetuneButton.connect("clicked(bool)", self.onFinetune)
         self.ui.registerButton.connect("clicked(bool)", self.onRegister)
         self.ui.findPoseButton.connect("clicked(bool)", self.onFindPose)
+        self.ui.registerViewsButton.connect("clicked(bool)", self.onRegisterViews)
         self.ui.useCandidateButton.connect("clicked(bool)", self.onUseCandidate)
         self.ui.refineButton.connect("clicked(bool)", self.onRefine)
         self.ui.acceptButton.connect("clicked(bool)", lambda checked=False: self.onDecision("accept"))
@@ -421,8 +496,9 @@ class XrayToDRRRegistrationWidget(TaskRunnerMixin, ScriptedLoadableModuleWidget,
             opacity=p.opacity)
 
     def _registered(self, result) -> None:
+        """A result of register or registerViews: (pose node, ..., metrics table node)."""
         p = self._parameterNode
-        poseNode, drr, table = result
+        poseNode, table = result[0], result[-1]
         self._closeReview()
         p.resultPose = poseNode
         p.registrationFolder = Path(poseNode.GetAttribute(FOLDER))
@@ -488,6 +564,12 @@ class XrayToDRRRegistrationWidget(TaskRunnerMixin, ScriptedLoadableModuleWidget,
         p = self._parameterNode
         self._start(self.ui.registerButton, lambda: self.logic.register(
             p.xrayVolume, p.ctVolume, outputFolder=None, wait=False, **self._registerArguments()), self._registered)
+
+    def onRegisterViews(self, checked=False) -> None:
+        p = self._parameterNode
+        self._start(self.ui.registerViewsButton, lambda: self.logic.registerViews(
+            self.ui.multiViewXraysSelector.checkedNodes(), p.ctVolume, mode=p.multiViewMode,
+            rig=_path(p.multiViewRig), wait=False, **self._registerArguments()), self._registered)
 
     def onRefine(self, checked=False) -> None:
         """Register again, initialised at the pose under review."""
@@ -563,6 +645,10 @@ class XrayToDRRRegistrationWidget(TaskRunnerMixin, ScriptedLoadableModuleWidget,
         live preview while reviewing."""
         p = self._parameterNode
         if p is None or p.resultPose is None:
+            return
+        if self.logic.isMultiView(p.resultPose):  # every view in its own slice view
+            with slicer.util.tryWithErrorDisplay("Cannot show the views.", waitCursor=False):
+                self.logic.showViews(p.resultPose, p.viewMode, p.opacity, p.checkerTiles, self._review)
             return
         xray = p.resultPose.GetNodeReference("XrayToDRR.xray") or p.xrayVolume
         with slicer.util.tryWithErrorDisplay("Cannot show the comparison.", waitCursor=False):
@@ -656,7 +742,9 @@ class XrayToDRRRegistrationWidget(TaskRunnerMixin, ScriptedLoadableModuleWidget,
         if self._parameterNode.viewMode != "overlay":
             self.updateComparison()
         rate = 1.0 / self._review.seconds if self._review.seconds else 0.0
-        self.ui.nccLabel.text = f"NCC {ncc:.4f}   ({rate:.0f} renders/s)"
+        views = getattr(self._review, "nccs", None)  # a multi-view review: each view's too
+        each = f" (views {', '.join(f'{v:.3f}' for v in views)})" if views else ""
+        self.ui.nccLabel.text = f"NCC {ncc:.4f}{each}   ({rate:.0f} renders/s)"
 
     def onPoseModified(self, caller=None, event=None) -> None:
         """The transform was edited directly (Transforms module, interaction handles): follow it."""
@@ -695,7 +783,7 @@ class XrayToDRRRegistrationWidget(TaskRunnerMixin, ScriptedLoadableModuleWidget,
                     self._applying = False
             else:
                 self.logic.resetPose(p.resultPose)
-            self.logic.base.showCArm(p.resultPose)
+            self.logic.showCArm(p.resultPose)
 
     def onDecision(self, decision: str) -> None:
         p = self._parameterNode
@@ -704,7 +792,7 @@ class XrayToDRRRegistrationWidget(TaskRunnerMixin, ScriptedLoadableModuleWidget,
             return
         with slicer.util.tryWithErrorDisplay("The decision could not be recorded.", waitCursor=True):
             path = self.logic.recordDecision(p.resultPose, decision, self._review, _path(p.registrationFolder))
-            self.logic.base.showCArm(p.resultPose)
+            self.logic.showCArm(p.resultPose)
             self._log(f"{decision}: wrote {path}")
             self.ui.decisionLabel.text = f"{'Accepted' if decision == 'accept' else 'Rejected'}: {path.parent.name}"
 
@@ -726,6 +814,7 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
     PREVIEW_SIZE = 128   # live review: pixels along the detector's longer side
     DRR_SIZE = 512       # result DRR: at most this many pixels along the longer side (same field of view)
     # the register verb's defaults (XrayToDRRRegistrationLib.batch.RegistrationOptions)
+    MULTIVIEW_MODES = ("rigid-rig", "independent")  # register --multiview (XrayToDRRRegistrationLib.multiview.MODES)
     REGISTER_DEFAULTS = {"crop": 0, "collimator": "auto", "similarity": "gmncc", "scales": "auto", "lr_rot": 1e-2,
                          "lr_xyz": 1.0, "patience": 8, "max_n_itrs": 200, "renderer": "auto"}
 
@@ -824,6 +913,55 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
                 args += [f"--{key.replace('_', '-')}", value]
         return args
 
+    def _initArguments(self, folder: Path, xrayNode, model, initPose, initView, initDicom, landmarks) -> list:
+        """The register verb's one initialisation option (files it needs written into the job folder)."""
+        from XrayToDRRLib import mrml
+        from XrayToDRRLib.errors import InputError
+
+        given = [k for k, v in (("model", model), ("initPose", initPose), ("initView", initView),
+                                ("initDicom", initDicom or None), ("landmarks", landmarks)) if v is not None]
+        if len(given) != 1:
+            raise InputError(f"give exactly one initialisation (got {', '.join(given) or 'none'})", None,
+                             "choose a pose model, a pose, a view, the DICOM angles or landmarks")
+        if model is not None:
+            return ["--model", _abs(model)]
+        if initPose is not None:
+            if isinstance(initPose, (str, Path)):
+                return ["--init-pose", _abs(initPose)]
+            mrml.pose_from_transform_node(initPose).save(folder / "init_pose.json")
+            return ["--init-pose", "init_pose.json"]
+        if initView is not None:
+            return ["--init-view", initView]
+        if initDicom:
+            return ["--init-dicom"]
+        if isinstance(landmarks, (str, Path)):
+            return ["--init-landmarks", _abs(landmarks)]
+        self.landmarksFile(xrayNode, landmarks[0], landmarks[1], folder / "landmarks.json")
+        return ["--init-landmarks", "landmarks.json"]
+
+    def _optionArguments(self, folder: Path, volumeNode, segmentationNode, labels, crop, subtractBackground,
+                         linearize, collimator, similarity, scales, lrRot, lrXyz, patience, maxIterations,
+                         renderer, saveImages, translate) -> list:
+        """The register verb's mask and options, each only where it differs from the verb's default."""
+        args = []
+        if segmentationNode is not None:
+            self.base._writeVolume(segmentationNode, folder / "mask.nrrd", labels=True, reference=volumeNode)
+            args += ["--mask", (folder / "mask.nrrd").resolve()]
+            chosen = self.base._labels(labels)
+            if chosen:
+                args += ["--labels", ",".join(str(v) for v in chosen)]
+        args += self._registerOptions(crop=int(crop), collimator=collimator, similarity=similarity, scales=scales,
+                                      lr_rot=lrRot, lr_xyz=lrXyz, patience=int(patience),
+                                      max_n_itrs=int(maxIterations), renderer=renderer)
+        for flag, on in (("--subtract-background", subtractBackground), ("--linearize", linearize),
+                         ("--save-images", saveImages)):
+            if on:
+                args.append(flag)
+        if translate is not None:
+            translate = _abs(translate)
+            args += ["--translate", translate / "latest.pth.tar" if translate.is_dir() else translate]
+        return args
+
     def modelDetectorFromXray(self, xrayNode, height: int = 128) -> tuple[float, float]:
         """(sdd, delx) of a square `height`-pixel training detector covering the X-ray's larger side."""
         from XrayToDRRLib import mrml
@@ -863,9 +1001,9 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
 
         return np.asarray(center_ras(mrml.volume_node_to_sitk(volumeNode)), dtype=np.float64)
 
-    def _xrayFile(self, xrayNode, folder: Path, keepDicom: bool = False) -> str:
+    def _xrayFile(self, xrayNode, folder: Path, keepDicom: bool = False, name: str = "xray.dcm") -> str:
         """The X-ray the verb reads: its source DICOM when it still exists and agrees with the node (keeps every
-        tag: C-arm angles for --init-dicom), else a DICOM written from the node's pixels and geometry."""
+        tag: C-arm angles for --init-dicom), else a DICOM written from the node's pixels and geometry (`name`)."""
         from XrayToDRRLib import mrml
         from XrayToDRRLib.dicom import write_xray_dicom
         from XrayToDRRLib.xray import require_geometry
@@ -879,7 +1017,7 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
             original = read_xray(source)
             if original.sdd == xray.sdd and original.pixels.shape == xray.pixels.shape:
                 return str(source)
-        return str(write_xray_dicom(xray.pixels, folder / "xray.dcm", xray.sdd, xray.delx, xray.dely))
+        return str(write_xray_dicom(xray.pixels, folder / name, xray.sdd, xray.delx, xray.dely))
 
     def landmarksFile(self, xrayNode, xrayMarkups, ctMarkups, path) -> Path:
         """Write the --init-landmarks JSON from two markups point lists (n-th X-ray point <-> n-th CT point)."""
@@ -959,7 +1097,6 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
         as attribute XrayToDRR.registrationFolder. For a folder of X-rays (one job, one result folder each and
         summary.csv): [(X-ray node, pose node, DRR node, metrics table node), ...] of those registered.
         `onDone(result folder)`: what a single X-ray's finished job returns instead (findPose uses it)."""
-        from XrayToDRRLib import mrml
         from XrayToDRRLib.errors import InputError
 
         self.base._requireEngine()
@@ -974,44 +1111,10 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
             raise InputError("landmark point lists need the X-ray node they were placed on", str(xrayNode),
                              "give the X-ray node, or a landmarks JSON file")
         args = ["register", xray, "--volume", self._volumeArgument(volumeNode, folder, "ct.nrrd"), "-o", out]
-        given = [k for k, v in (("model", model), ("initPose", initPose), ("initView", initView),
-                                ("initDicom", initDicom or None), ("landmarks", landmarks)) if v is not None]
-        if len(given) != 1:
-            raise InputError(f"give exactly one initialisation (got {', '.join(given) or 'none'})", None,
-                             "choose a pose model, a pose, a view, the DICOM angles or landmarks")
-        if model is not None:
-            args += ["--model", _abs(model)]
-        elif initPose is not None:
-            if isinstance(initPose, (str, Path)):
-                args += ["--init-pose", _abs(initPose)]
-            else:
-                mrml.pose_from_transform_node(initPose).save(folder / "init_pose.json")
-                args += ["--init-pose", "init_pose.json"]
-        elif initView is not None:
-            args += ["--init-view", initView]
-        elif initDicom:
-            args.append("--init-dicom")
-        elif isinstance(landmarks, (str, Path)):
-            args += ["--init-landmarks", _abs(landmarks)]
-        else:
-            self.landmarksFile(xrayNode, landmarks[0], landmarks[1], folder / "landmarks.json")
-            args += ["--init-landmarks", "landmarks.json"]
-        if segmentationNode is not None:
-            self.base._writeVolume(segmentationNode, folder / "mask.nrrd", labels=True, reference=volumeNode)
-            args += ["--mask", (folder / "mask.nrrd").resolve()]
-            chosen = self.base._labels(labels)
-            if chosen:
-                args += ["--labels", ",".join(str(v) for v in chosen)]
-        args += self._registerOptions(crop=int(crop), collimator=collimator, similarity=similarity, scales=scales,
-                                      lr_rot=lrRot, lr_xyz=lrXyz, patience=int(patience),
-                                      max_n_itrs=int(maxIterations), renderer=renderer)
-        for flag, on in (("--subtract-background", subtractBackground), ("--linearize", linearize),
-                         ("--save-images", saveImages)):
-            if on:
-                args.append(flag)
-        if translate is not None:
-            translate = _abs(translate)
-            args += ["--translate", translate / "latest.pth.tar" if translate.is_dir() else translate]
+        args += self._initArguments(folder, xrayNode, model, initPose, initView, initDicom, landmarks)
+        args += self._optionArguments(folder, volumeNode, segmentationNode, labels, crop, subtractBackground,
+                                      linearize, collimator, similarity, scales, lrRot, lrXyz, patience,
+                                      maxIterations, renderer, saveImages, translate)
         args += ["--device", devices or self.device] + self._extra(extraArgs)
         if isFile and Path(xray).is_dir():
             return self.base._run("Registering X-rays", args, folder, [out],
@@ -1048,6 +1151,135 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
         for node in nodes:
             node.SetAttribute(FOLDER, str(_abs(folder)))
         return nodes, table
+
+    # --- several views of one patient -----------------------------------------------------------------------------
+    def registerViews(self, xrayNodes, volumeNode, mode: str = "rigid-rig", rig=None, model=None, initPose=None,
+                      initView: Optional[str] = None, initDicom: bool = False, landmarks=None,
+                      segmentationNode=None, labels=None, outputFolder=None, crop: int = 0,
+                      subtractBackground: bool = False, linearize: bool = False, collimator: str = "auto",
+                      similarity: str = "gmncc", scales: str = "auto", lrRot: float = 1e-2, lrXyz: float = 1.0,
+                      patience: int = 8, maxIterations: int = 200, renderer: str = "auto", saveImages: bool = False,
+                      devices: Optional[str] = None, extraArgs=None, name: Optional[str] = None,
+                      opacity: float = 0.5, wait: bool = True, onDone=None, translate=None):
+        """Register two or more X-ray nodes (or files), views of one patient, jointly (`xraytodrr register X1 X2
+        ... --multiview MODE [--rig rig.json]`): 'rigid-rig' (the CLI's: one patient pose, the views' relative
+        C-arm geometry from `rig` or, without it, the X-rays' DICOM angles) or 'independent' (a pose per view and
+        their consistency). One initialisation as for `register` (for view 1; `landmarks` are placed on the first
+        X-ray); the other options as `register`'s, with its defaults. Each X-ray goes to the verb as its source
+        DICOM when that still agrees with the node (its C-arm angles, its file name for rig.json's "file"), else
+        as a DICOM written from the node, named after it. Bad input raises before anything is written.
+
+        Returns loadMultiView's (patient pose node, the views' pose nodes, their DRR nodes, metrics table node);
+        `onDone(result folder)`: what the finished job returns instead."""
+        from XrayToDRRLib.errors import InputError, require_file
+
+        self.base._requireEngine()
+        self._require(volumeNode, "CT")
+        xrayNodes = list(xrayNodes or [])
+        if len(xrayNodes) < 2 or any(x is None for x in xrayNodes):
+            raise InputError(f"a multi-view registration needs at least two X-rays, got "
+                             f"{sum(x is not None for x in xrayNodes)}", None,
+                             "select every view's X-ray (two or more), or use Register for one X-ray")
+        keys = [str(_abs(x)) if isinstance(x, (str, Path)) else x.GetID() for x in xrayNodes]
+        if len(set(keys)) != len(keys):
+            raise InputError("the same X-ray is selected twice", None, "select each view once")
+        if mode not in self.MULTIVIEW_MODES:
+            raise InputError(f"unknown multi-view mode '{mode}'", None, f"use {' or '.join(self.MULTIVIEW_MODES)}")
+        rigPath = require_file(_abs(rig), "rig file") if _path(rig) is not None else None
+        nodes = [self.base.importXray(_abs(x)) if isinstance(x, (str, Path)) else x for x in xrayNodes]
+        folder = self.newFolder("register-views")
+        out = _abs(outputFolder) if outputFolder else folder / "multiview"
+        files, used = [], set()
+        for node in nodes:
+            stem = re.sub(r"[^A-Za-z0-9._-]+", "_", node.GetName()) or "xray"
+            fileName, n = f"{stem}.dcm", 2
+            while fileName in used:  # two nodes of one name: the verb needs distinct files
+                fileName, n = f"{stem}-{n}.dcm", n + 1
+            used.add(fileName)
+            files.append(self._xrayFile(node, folder, keepDicom=True, name=fileName))
+        args = ["register", *files, "--volume", self._volumeArgument(volumeNode, folder, "ct.nrrd"), "-o", out,
+                "--multiview", mode]
+        if rigPath is not None:
+            args += ["--rig", rigPath]
+        args += self._initArguments(folder, nodes[0], model, initPose, initView, initDicom, landmarks)
+        args += self._optionArguments(folder, volumeNode, segmentationNode, labels, crop, subtractBackground,
+                                      linearize, collimator, similarity, scales, lrRot, lrXyz, patience,
+                                      maxIterations, renderer, saveImages, translate)
+        args += ["--device", devices or self.device] + self._extra(extraArgs)
+
+        def finish(outputs):
+            if onDone is not None:
+                return onDone(out)
+            return self.loadMultiView(out, nodes, volumeNode, name, opacity)
+
+        return self.base._run("Registering views", args, folder, [out], finish, wait)
+
+    def loadMultiView(self, folder, xrayNodes=None, volumeNode=None, name: Optional[str] = None,
+                      opacity: float = 0.5):
+        """A multi-view result folder (metrics.json, view-1/, view-2/, ...) as nodes: (patient pose node, the
+        views' pose nodes, their DRR nodes, metrics table node). The patient pose is a transform holding view 1's
+        world_from_camera; each view's pose is a child transform holding its camera relative to view 1's (the rig;
+        XrayToDRRRegistrationLib.mrml.multiview_pose_nodes), so moving the patient pose moves every view. Each view
+        is loaded as `loadRegistration` loads one (its X-ray node, `xrayNodes[k]`, placed on its detector, else its
+        gt.png; its DRR; its metrics; its C-arm) and shown in its own slice view of a side-by-side layout. The
+        combined metrics (mode, similarity, the weakest view's confidence, consistency, warning) are the table;
+        one row per view is the patient pose's 'XrayToDRR.viewMetrics' table."""
+        from XrayToDRRLib import mrml
+        from XrayToDRRLib.pose import load_pose
+        from XrayToDRRRegistrationLib import mrml as review
+
+        folder = _abs(folder)
+        folders = review.multiview_folders(folder)
+        poses = [load_pose(f / "pose.json") for f in folders]
+        xrayNodes = list(xrayNodes or [])
+        xrayNodes += [None] * (len(folders) - len(xrayNodes))
+        name = name or f"{folder.name} registration"
+        metrics = json.loads((folder / "metrics.json").read_text())
+        parent, children = review.multiview_pose_nodes(poses, self.scene, name)
+        parent.SetAttribute(FOLDER, str(folder))
+        parent.SetAttribute(REGISTERED_POSE, json.dumps(poses[0].to_dict()))
+        parent.SetAttribute(review.MULTIVIEW, str(metrics["multiview"].get("mode", "")))
+        views = review.show_multiview_layout(self.scene, len(folders))
+        drrs = []
+        for k, (child, pose, viewFolder) in enumerate(zip(children, poses, folders)):
+            drr, _ = self._resultNodes(viewFolder, pose, child, xrayNodes[k], volumeNode, f"{name} view {k + 1}",
+                                       opacity, views[k])
+            self.base.showCArm(child)
+            drrs.append(drr)
+        table = self.metricsTable(folder, f"{name} metrics")
+        rows = review.view_metrics_rows(metrics)
+        perView = mrml.metrics_to_table_node(rows, self.scene, f"{name} views")
+        for role, node in (("XrayToDRR.metrics", table), ("XrayToDRR.viewMetrics", perView),
+                           ("XrayToDRR.xray", children[0].GetNodeReference("XrayToDRR.xray")),
+                           ("XrayToDRR.drr", drrs[0])):
+            if node is not None:
+                parent.SetNodeReferenceID(role, node.GetID())
+        return parent, children, drrs, table
+
+    @staticmethod
+    def isMultiView(poseNode) -> bool:
+        """Is this the patient pose of a multi-view result (loadMultiView)?"""
+        from XrayToDRRRegistrationLib import mrml as review
+
+        return poseNode is not None and bool(review.view_pose_nodes(poseNode))
+
+    def showViews(self, poseNode, mode: str = "overlay", opacity: float = 0.5, tiles: int = 8, review=None):
+        """Each view of a multi-view result in its own slice view: the DRR (or the live review's preview) over
+        the X-ray, or their difference / checkerboard. Returns the slice composite nodes."""
+        from XrayToDRRRegistrationLib import mrml as glue
+
+        children = glue.view_pose_nodes(poseNode)
+        previews = [v.node for v in review.views] if isinstance(review, XrayToDRRMultiViewReview) else \
+            [c.GetNodeReference("XrayToDRR.drr") for c in children]
+        glue.show_multiview_layout(self.scene, len(children))
+        return glue.show_views(self.scene, [(c.GetNodeReference("XrayToDRR.xray"), d)
+                                            for c, d in zip(children, previews)], mode, opacity, tiles)
+
+    def showCArm(self, poseNode) -> list:
+        """The C-arm markups of a pose: of every view for a multi-view patient pose. Returns [(source, detector)]."""
+        from XrayToDRRRegistrationLib import mrml as review
+
+        return [self.base.showCArm(node) for node in review.view_pose_nodes(poseNode) or [poseNode]]
 
     def registerFiles(self, paths, volumeNode, outputFolder, **options) -> list:
         """Register a folder of X-rays (one job: `xraytodrr register FOLDER`) or a list of X-ray files (one job
@@ -1177,16 +1409,26 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
         matches the pose's detector, else the preprocessed X-ray (gt.png) is loaded there; the DRR (the verb's
         hq_drr.png, else the CT's FastRenderer 'hq' at up to DRR_SIZE pixels) is shown over it; the C-arm's source
         and detector are drawn."""
-        import SimpleITK as sitk
         from XrayToDRRLib import mrml
         from XrayToDRRLib.pose import load_pose
-        from XrayToDRRLib.xray import Xray
-        from XrayToDRRRegistrationLib import mrml as review
 
         folder = _abs(folder)  # kept on the pose node for later jobs (evaluate, view3d), which run elsewhere
         pose = load_pose(folder / "pose.json")
         name = name or f"{folder.name} registration"
         poseNode = mrml.pose_to_transform_node(pose, self.scene, f"{name} pose")
+        drr, table = self._resultNodes(folder, pose, poseNode, xrayNode, volumeNode, name, opacity)
+        self.base.showCArm(poseNode)
+        return poseNode, drr, table
+
+    def _resultNodes(self, folder: Path, pose, poseNode, xrayNode, volumeNode, name: str, opacity: float,
+                     view: str = "Red"):
+        """A result folder's X-ray on the pose's detector, its DRR over it in `view` and its metrics table, all
+        referenced by the pose node, which keeps the folder and the registered pose. Returns (DRR, table)."""
+        import SimpleITK as sitk
+        from XrayToDRRLib import mrml
+        from XrayToDRRLib.xray import Xray
+        from XrayToDRRRegistrationLib import mrml as review
+
         poseNode.SetAttribute(FOLDER, str(folder))
         poseNode.SetAttribute(REGISTERED_POSE, json.dumps(pose.to_dict()))
         dims = xrayNode.GetImageData().GetDimensions() if xrayNode is not None else None
@@ -1207,21 +1449,21 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
             drr = mrml.drr_to_volume_node(self.renderer(volumeNode).render(small, "hq"), small, self.scene,
                                           f"{name} DRR")
         if drr is not None:
-            mrml.show_overlay(self.scene, shown, drr, opacity)
+            mrml.show_overlay(self.scene, shown, drr, opacity, view)
         table = self.metricsTable(folder, f"{name} metrics")
         for role, node in (("XrayToDRR.drr", drr), ("XrayToDRR.xray", shown), ("XrayToDRR.metrics", table)):
             if node is not None:
                 poseNode.SetNodeReferenceID(role, node.GetID())
-        self.base.showCArm(poseNode)
-        return poseNode, drr, table
+        return drr, table
 
     @staticmethod
     def registrationFigure(folder) -> Optional[Path]:
-        """The evaluation figure of a registration output folder (evaluation.png by `xraytodrr evaluate`, else
-        registration.png by --save-images), else its final DRR (final_img.png); None when there is none."""
+        """The evaluation figure of a registration output folder (evaluation.png by `xraytodrr evaluate`, else a
+        multi-view result's multiview.png, else registration.png by --save-images), else its final DRR
+        (final_img.png); None when there is none."""
         if folder is None:
             return None
-        for name in ("evaluation.png", "registration.png", "final_img.png"):
+        for name in ("evaluation.png", "multiview.png", "registration.png", "final_img.png"):
             if (Path(folder) / name).is_file():
                 return Path(folder) / name
         return None
@@ -1247,12 +1489,28 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
         import SimpleITK as sitk
 
         self._require(poseNode, "pose transform")
+        if self.isMultiView(poseNode):
+            return self.startMultiViewReview(poseNode, volumeNode, size)
         xrayNode = xrayNode or poseNode.GetNodeReference("XrayToDRR.xray")
         self._require(xrayNode, "X-ray")
         field = Path(poseNode.GetAttribute(FOLDER) or ".") / "field.png"
         field = sitk.GetArrayFromImage(sitk.ReadImage(str(field))) if field.is_file() else None
         return XrayToDRRPoseReview(self.scene, self.renderer(volumeNode), poseNode, xrayNode,
                                    self.volumeCenter(volumeNode), size or self.PREVIEW_SIZE, field=field)
+
+    def startMultiViewReview(self, poseNode, volumeNode, size: Optional[int] = None) -> XrayToDRRMultiViewReview:
+        """A live review of a multi-view result's patient pose: see XrayToDRRMultiViewReview (each view's NCC
+        inside its registration's exposed field)."""
+        import SimpleITK as sitk
+        from XrayToDRRRegistrationLib import mrml as review
+
+        views = review.view_pose_nodes(self._require(poseNode, "patient pose transform"))
+        fields = []
+        for node in views:
+            field = Path(node.GetAttribute(FOLDER) or ".") / "field.png"
+            fields.append(sitk.GetArrayFromImage(sitk.ReadImage(str(field))) if field.is_file() else None)
+        return XrayToDRRMultiViewReview(self.scene, self.renderer(volumeNode), poseNode, views,
+                                        self.volumeCenter(volumeNode), size or self.PREVIEW_SIZE, fields)
 
     def resetPose(self, poseNode) -> None:
         """Give the pose node back the registration result it was loaded with."""
@@ -1306,7 +1564,7 @@ class XrayToDRRRegistrationLogic(ScriptedLoadableModuleLogic):
 class XrayToDRRRegistrationTest(ScriptedLoadableModuleTest):
     """The panel's workflow on the sample data, through the Logic (needs the engine's packages installed):
     register the simulated X-ray from a perturbed pose, review it live, reset, accept; find its pose from the X-ray
-    and CT alone."""
+    and CT alone; register two simulated views jointly and review their shared pose."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -1314,6 +1572,8 @@ class XrayToDRRRegistrationTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_workflow_on_sample_data()
+        self.setUp()
+        self.test_two_views_on_sample_data()
 
     def test_workflow_on_sample_data(self):
         from XrayToDRRLib import mrml
@@ -1367,4 +1627,57 @@ class XrayToDRRRegistrationTest(ScriptedLoadableModuleTest):
         self.assertEqual(candidateTable.GetNumberOfRows(), len(candidates))
         best = mrml.pose_from_transform_node(candidates[0])
         self.assertLess(reprojection(best), reprojection(mrml.pose_from_transform_node(start)) + 20.0)
+        self.delayDisplay("Test passed")
+
+    def test_two_views_on_sample_data(self):
+        import dataclasses
+        import tempfile
+
+        from XrayToDRRLib import mrml
+        from XrayToDRRLib.pose import perturb, standard_view
+        from XrayToDRRLib.simulate import simulate_xray
+        from XrayToDRRLib.xray import Xray
+
+        logic = XrayToDRRRegistrationLogic()
+        self.assertTrue(logic.dependencies.ensure(askConfirmation=False))
+        self.delayDisplay("Two simulated 64-pixel views (AP, lateral) of the sample CT, the patient moved on the table")
+        ct, _ = logic.base.loadSampleCT()
+        image, center = mrml.volume_node_to_sitk(ct), logic.volumeCenter(ct)
+        nominal = [standard_view(view, center, 1020.0, 64, 64, 5.0, source_to_isocenter=600.0)
+                   for view in ("ap", "lateral")]
+        true = [perturb(pose, [3.0, -2.0, 2.0], [6.0, -4.0, 5.0], center) for pose in nominal]
+        xrays = [mrml.xray_to_volume_node(Xray(simulate_xray(image, pose, seed=k + 1, device=logic.device),
+                                                pose.sdd, pose.delx, pose.dely), slicer.mrmlScene, name)
+                 for k, (pose, name) in enumerate(zip(true, ("ap", "lat")))]
+        rig = [np.eye(4), np.linalg.inv(nominal[0].world_from_camera) @ nominal[1].world_from_camera]
+        rigPath = Path(tempfile.mkdtemp()) / "rig.json"
+        rigPath.write_text(json.dumps({"views": [{"first_camera_from_camera": m.tolist()} for m in rig]}))
+        start = perturb(true[0], [0.0, 0.0, 3.0], [8.0, 0.0, 0.0], center)
+        startNode = mrml.pose_to_transform_node(start, slicer.mrmlScene, "start")
+
+        self.delayDisplay("Register both views with one patient pose (rigid rig from rig.json, background job)")
+        parent, views, drrs, table = logic.registerViews(xrays, ct, rig=rigPath, initPose=startNode)
+        grid = center + 50.0 * np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)])
+        for k, (node, truth) in enumerate(zip(views, true)):
+
+            def reprojection(world):  # mean distance (pixels) of projected CT points from where the truth puts them
+                moved = dataclasses.replace(truth, world_from_camera=world)
+                return float(np.mean(np.linalg.norm(moved.project(grid) - truth.project(grid), axis=1)))
+
+            self.assertIs(node.GetParentTransformNode(), parent)  # the view's camera relative to view 1's: the rig
+            self.assertTrue(np.allclose(slicer.util.arrayFromTransformMatrix(node), rig[k], atol=1e-6))
+            found = mrml.pose_from_transform_node(node).world_from_camera
+            self.assertLess(reprojection(found), 0.5 * reprojection(start.world_from_camera @ rig[k]))
+            self.assertIsNotNone(drrs[k])
+        self.assertGreater(table.GetNumberOfRows(), 0)
+
+        self.delayDisplay("Live review: moving the patient pose re-renders both views")
+        review = logic.startReview(parent, ct)
+        atResult = review.update(np.zeros(6))
+        images = [slicer.util.arrayFromVolume(v.node).copy() for v in review.views]
+        review.update([0, 0, 3, 5, 0, 0])
+        for view, image in zip(review.views, images):
+            self.assertFalse(np.allclose(slicer.util.arrayFromVolume(view.node), image))
+        self.assertAlmostEqual(review.reset(), atResult, places=6)
+        review.close()
         self.delayDisplay("Test passed")

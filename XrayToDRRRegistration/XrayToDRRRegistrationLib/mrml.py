@@ -10,6 +10,11 @@ Landmarks (`--init-landmarks`): {"points": [{"pixel": [col, row], "ras": [x, y, 
 of the X-ray markups paired with the n-th of the CT markups. `pixel` is the X-ray node's IJK (I = column, J = row)
 of the point, through its RAS->IJK matrix and parent transforms; `ras` is the CT point in world RAS mm.
 
+Several views (`register --multiview`): the views' poses as a transform hierarchy, the parent holding view 1's
+world_from_camera (the patient pose) and one child per view holding first_camera_from_camera, so each child's
+transform to world is its view's world_from_camera and moving the parent moves every view; each view's X-ray with
+its DRR over it in its own slice view of a side-by-side layout (`show_multiview_layout`, `show_views`).
+
 Review decisions: `review.json` in the registration output folder ({"decision": "accept" | "reject", "pose" (the
 reviewed pose), "registered_pose", "values", "ncc", "time"}) and, in the scene, the parameter XrayToDRR.reviews of
 the XrayToDRRRegistration module's parameter node (JSON {folder: decision}), which the Translation module reads.
@@ -17,6 +22,7 @@ the XrayToDRRRegistration module's parameter node (JSON {folder: decision}), whi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -361,13 +367,144 @@ def candidates_to_nodes(candidates: list[dict], scene, name: str) -> tuple[list,
 
 
 def confidence_of(folder) -> tuple[float | None, str]:
-    """(confidence, warning) recorded in a registration folder's metrics.json ((None, "") when it has none)."""
+    """(confidence, warning) recorded in a registration folder's metrics.json ((None, "") when it has none). A
+    multi-view result: its weakest view's confidence and every warning (per view, patient motion, mixed views)."""
     path = Path(folder) / "metrics.json"
     try:
-        entry = json.loads(path.read_text()).get("confidence") if path.is_file() else None
+        data = json.loads(path.read_text()) if path.is_file() else {}
+        entry = data.get("confidence")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        entry = None
+        data, entry = {}, None
+    if "multiview" in data:
+        value = entry if isinstance(entry, (int, float)) and not isinstance(entry, bool) else None
+        return (float(value) if value is not None else None), str(data.get("warning") or "")
     if not isinstance(entry, dict):
         return None, ""
     value = entry.get("confidence")
     return (float(value) if isinstance(value, (int, float)) else None), str(entry.get("warning") or "")
+
+
+# --- several views of one patient (register --multiview) ---------------------------------------------------------
+MULTIVIEW = PREFIX + "multiview"   # parent transform attribute: the mode (rigid-rig | independent)
+VIEW_ROLE = PREFIX + "view"        # parent -> its views' transforms, in view order (node references)
+VIEW_INDEX = PREFIX + "viewIndex"  # child transform attribute: 1, 2, ...
+COMPARISONS = (PREFIX + "difference", PREFIX + "checkerboard")  # DRR -> its comparison nodes (references)
+LAYOUT_ID = 5013                   # the N-view layout's id in the layout node (above Slicer's own layouts)
+SLICE_VIEWS = (("Red", "#F34A33"), ("Yellow", "#EDD54C"), ("Green", "#6EB04B"))
+
+
+def multiview_pose_nodes(poses: list[Pose], scene, name: str) -> tuple[object, list]:
+    """(parent, children): the parent = view 1's pose (world_from_camera and detector: the patient pose); child k =
+    first_camera_from_camera_k = inv(world_from_camera_1) @ world_from_camera_k with view k's detector, under the
+    parent. In rigid-rig mode the children are the rig; in independent mode where each view's own registration put
+    its camera relative to view 1's. Either way child k's transform to world is view k's world_from_camera."""
+    from XrayToDRRLib import mrml as base
+
+    if len(poses) < 2:
+        raise InputError(f"a multi-view result needs at least two views, got {len(poses)}", name,
+                         "load the folder of a register --multiview result")
+    first_inverse = np.linalg.inv(poses[0].world_from_camera)
+    parent = base.pose_to_transform_node(poses[0], scene, f"{name} patient pose")
+    children = []
+    for k, pose in enumerate(poses):
+        local = dataclasses.replace(pose, world_from_camera=first_inverse @ pose.world_from_camera)
+        child = base.pose_to_transform_node(local, scene, f"{name} view {k + 1}")
+        child.SetAndObserveTransformNodeID(parent.GetID())
+        child.SetAttribute(VIEW_INDEX, str(k + 1))
+        parent.AddNodeReferenceID(VIEW_ROLE, child.GetID())
+        children.append(child)
+    return parent, children
+
+
+def multiview_folders(folder) -> list[Path]:
+    """The views' result folders of a multi-view result folder (metrics.json's multiview.views of view-1/, ...)."""
+    folder = Path(folder)
+    try:
+        count = int(json.loads((folder / "metrics.json").read_text())["multiview"]["views"])
+    except (OSError, ValueError, KeyError, TypeError):
+        count = 0
+    folders = [folder / f"view-{k + 1}" for k in range(count)]
+    if count < 2 or not all((f / "pose.json").is_file() for f in folders):
+        raise InputError("is not a multi-view registration result (metrics.json with 'multiview', view-1/pose.json, "
+                         "view-2/pose.json, ...)", folder, "register the views with --multiview, or load a "
+                                                           "single-view folder with loadRegistration")
+    return folders
+
+
+VIEW_COLUMNS = ("view", "folder", "xray", "ncc", "similarity", "confidence", "warning")
+
+
+def view_metrics_rows(metrics: dict) -> list[dict]:
+    """One row per view of a multi-view metrics.json (missing numbers as NaN, so the columns stay numeric)."""
+    texts = ("folder", "xray", "warning")
+    rows = [{key: str(row.get(key) or "") if key in texts else
+             (float("nan") if row.get(key) is None else float(row[key])) for key in VIEW_COLUMNS}
+            for row in metrics.get("per_view") or []]
+    return rows or [{key: "" for key in VIEW_COLUMNS}]
+
+
+def view_pose_nodes(parent) -> list:
+    """The views' transform nodes of a multi-view parent, in view order ([] for any other node)."""
+    if parent is None:
+        return []
+    return [parent.GetNthNodeReference(VIEW_ROLE, k) for k in range(parent.GetNumberOfNodeReferences(VIEW_ROLE))]
+
+
+def view_names(count: int) -> list[str]:
+    """The slice views the views are shown in: Red, Yellow, Green, then XrayView4, ..."""
+    return [SLICE_VIEWS[k][0] if k < len(SLICE_VIEWS) else f"XrayView{k + 1}" for k in range(count)]
+
+
+def multiview_layout_xml(count: int) -> str:
+    """A layout of `count` slice views side by side, labelled 1, 2, ... (the view's number)."""
+    items = []
+    for k, view in enumerate(view_names(count)):
+        color = SLICE_VIEWS[k][1] if k < len(SLICE_VIEWS) else "#8C8C8C"
+        items.append(f'<item><view class="vtkMRMLSliceNode" singletontag="{view}">'
+                     '<property name="orientation" action="default">Axial</property>'
+                     f'<property name="viewlabel" action="default">{k + 1}</property>'
+                     f'<property name="viewcolor" action="default">{color}</property></view></item>')
+    return '<layout type="horizontal" split="true">' + "".join(items) + "</layout>"
+
+
+def show_multiview_layout(scene, count: int) -> list[str]:
+    """Register the `count`-view layout with the scene's layout node (made when the scene has none, as without the
+    application) and switch to it. Returns the slice views' names, view 1 first."""
+    layout = scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
+    if layout is None:
+        layout = scene.AddNewNodeByClass("vtkMRMLLayoutNode")
+    xml = multiview_layout_xml(count)
+    if not layout.IsLayoutDescription(LAYOUT_ID):
+        layout.AddLayoutDescription(LAYOUT_ID, xml)
+    elif layout.GetLayoutDescription(LAYOUT_ID) != xml:  # an unchanged one is left alone: no relayout
+        layout.SetLayoutDescription(LAYOUT_ID, xml)
+    if layout.GetViewArrangement() != LAYOUT_ID:
+        layout.SetViewArrangement(LAYOUT_ID)
+    return view_names(count)
+
+
+def show_views(scene, views, mode: str = "overlay", opacity: float = 0.5, tiles: int = 8) -> list:
+    """Each (X-ray node, DRR node) of `views` in its own slice view (view_names): the DRR over the X-ray, or their
+    difference / checkerboard (made once per DRR node, kept as its references, updated after). Returns the slice
+    composite nodes."""
+    composites = []
+    for (xray, drr), view in zip(views, view_names(len(views))):
+        comparison = None
+        if mode != "overlay" and drr is not None:
+            comparison = comparison_nodes(scene, xray, drr, tiles, tuple(drr.GetNodeReference(r) for r in COMPARISONS))
+            for role, node in zip(COMPARISONS, comparison):
+                drr.SetNodeReferenceID(role, node.GetID())
+        composites.append(show_comparison(scene, xray, drr, mode, opacity, comparison, view))
+    return composites
+
+
+def remove_with_comparisons(scene, node) -> None:
+    """Remove an image node and the comparison nodes `show_views` made for it."""
+    if node is None:
+        return
+    for role in COMPARISONS:
+        other = node.GetNodeReference(role)
+        if other is not None:
+            scene.RemoveNode(other)
+    if scene.GetNodeByID(node.GetID()) is not None:
+        scene.RemoveNode(node)
