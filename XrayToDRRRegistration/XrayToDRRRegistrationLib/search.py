@@ -350,7 +350,7 @@ def refine_candidates(renderer: FastRenderer, prepared: PreparedXray, candidates
     progress = progress or Progress()
     scales = scales_for_pixels(prepared.detector, (32, 64))
     short = dataclasses.replace(settings or OptimizerSettings(), scales=scales,
-                                max_n_itrs=[iterations] * len(scales), patience=4)
+                                max_n_itrs=[iterations] * len(scales), finest_max_itrs=iterations, patience=4)
     for n, cand in enumerate(candidates):
         traj = optimize(renderer, prepared, cand.pose, center, short,
                         progress.sub(n / len(candidates), (n + 1) / len(candidates)))
