@@ -3,6 +3,7 @@ lateral at different SDDs and source distances) with the rig from the DICOM angl
 error far below the single view's on the same case; independent mode's inter-view consistency for an unmoved and a
 moved patient; evaluate and pairs over the parent folder; bad rigs and missing angles."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -126,6 +127,8 @@ def test_independent_views_report_consistency_and_flag_a_moved_patient(case, sma
     still = metrics["consistency"]
     assert still["rig"].startswith("DICOM") and not still["moved"] and still["warning"] == ""
     assert still["max_rotation_deg"] < 1.0 and still["max_translation_mm"] < 3.0, still
+    reconciled = dataclasses.replace(case["true"][0], world_from_camera=still["reconciled_view1_world_from_camera"])
+    assert pose_errors(case["true"][0], reconciled, case["points"], case["center"])["mtre_mm"] < 3.0
     # The same lateral view with the patient moved 15 mm towards the head before it was taken.
     moved_true = perturb(case["true"][1], (0, 0, 0), (0, 0, -15.0), case["center"])
     moved = write_view(small_ct, case["nominal"][1], moved_true, case["folder"] / "lat_moved.dcm", 2)
@@ -136,6 +139,7 @@ def test_independent_views_report_consistency_and_flag_a_moved_patient(case, sma
     assert flagged["consistency"]["moved"] and "moved" in flagged["warning"]
     assert flagged["consistency"]["max_translation_mm"] == pytest.approx(15.0, abs=3.0), flagged["consistency"]
     assert flagged["consistency"]["max_rotation_deg"] < 1.5
+    assert flagged["consistency"]["reconciled_view1_world_from_camera"] is None  # nothing averaged over a move
 
 
 def test_consistency_without_a_rig_measures_where_the_central_rays_miss(small_ct):

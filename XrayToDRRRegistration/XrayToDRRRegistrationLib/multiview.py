@@ -22,8 +22,9 @@ Modes:
 - `independent`: each view is registered on its own (its own initial pose: its own DICOM angles with
   --init-dicom, every standard view with --init-view auto, else view 1's initial pose carried by the rig), then
   `consistency` reports how far the views' poses disagree: with a rig, the patient motion between views (rotation
-  deg, translation at the CT centre mm); without one only what an isocentric C-arm allows (how far the central
-  rays miss each other). Above MOVED_DEG / MOVED_MM the result warns that the patient probably moved.
+  deg, translation at the CT centre mm) and, where they agree, one reconciled pose (view 1's camera, the chordal
+  mean over the views); without one only what an isocentric C-arm allows (how far the central rays miss each
+  other). Above MOVED_DEG / MOVED_MM the result warns that the patient probably moved, and reconciles nothing.
 
 Output folder: metrics.json (mode, rig, per-view and combined metrics, consistency), multiview.png (every view's
 X-ray, DRR and overlay), and view-1/, view-2/, ...: each an ordinary single-view result folder (pose.json,
@@ -182,7 +183,9 @@ def consistency(poses: list, rig: Rig | None, center) -> dict:
         trans = max(p["translation_mm"] for p in pairs)
         moved = rot > MOVED_DEG or trans > MOVED_MM
         out = {"rig": rig.source, "measure": "patient motion between the views under the rig",
-               "max_rotation_deg": rot, "max_translation_mm": trans, "pairs": pairs, "moved": moved}
+               "max_rotation_deg": rot, "max_translation_mm": trans, "pairs": pairs, "moved": moved,
+               # one patient pose from all views where they agree; a moved patient has none
+               "reconciled_view1_world_from_camera": None if moved else mean_pose(implied).tolist()}
     else:
         for j in range(len(poses)):
             for k in range(j + 1, len(poses)):
@@ -195,6 +198,17 @@ def consistency(poses: list, rig: Rig | None, center) -> dict:
                               "perpendicular's complement are not observable; give --rig for the full check"}
     out["warning"] = (f"the views disagree by more than {MOVED_DEG:g} deg / {MOVED_MM:g} mm: the patient probably "
                       "moved between the views (or the X-rays are of different patients or regions)") if moved else ""
+    return out
+
+
+def mean_pose(matrices: list[np.ndarray]) -> np.ndarray:
+    """The rigid transform nearest the views' (chordal mean: the summed rotations projected back onto SO(3) by
+    SVD, translations averaged)."""
+    m = np.stack(matrices)
+    u, _, vt = np.linalg.svd(m[:, :3, :3].sum(axis=0))
+    r = u @ np.diag([1.0, 1.0, np.linalg.det(u @ vt)]) @ vt
+    out = np.eye(4)
+    out[:3, :3], out[:3, 3] = r, m[:, :3, 3].mean(axis=0)
     return out
 
 
