@@ -42,9 +42,16 @@ def available() -> bool:
 def _kernels():
     """The compiled marches: about 3 s the first time, then cached next to this file (or numba's user cache)."""
     global numba, _clip, _ray
+    import os
+
     import numba as module
 
     numba = module
+    if "NUMBA_THREADING_LAYER" not in os.environ:
+        # GNU OpenMP, numba's usual pick, is not fork-safe: a process forked after a render (torchrun-free DDP
+        # tests, multiprocessing "fork" pools) died in its first parallel loop. workqueue is; _LOCK keeps it to
+        # one calling thread, as it needs.
+        module.config.THREADING_LAYER = "workqueue"
     _clip = module.njit(fastmath=True, cache=True)(_clip_impl)
     _ray = module.njit(fastmath=True, cache=True)(_ray_impl)
     compile = module.njit(parallel=True, fastmath=True, cache=True, nogil=True)

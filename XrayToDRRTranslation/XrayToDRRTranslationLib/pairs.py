@@ -352,7 +352,7 @@ def _render_on_cluster(client, groups: dict, renderer: str, mode: str, device: s
 
 
 def _registration_table(cases: list[Case], dropped: dict, masked: bool) -> str:
-    columns = ["name", "patient", "status", "reason", "registration_folder", "xray_source", "volume", "mask",
+    columns = ["name", "status", "reason", "patient", "registration_folder", "xray_source", "volume", "mask",
                "labels", "drr_masked", "ncc", "metrics", "sdd", "height", "width", "delx", "dely", "x0", "y0",
                "world_from_camera"]
     buffer = io.StringIO()
