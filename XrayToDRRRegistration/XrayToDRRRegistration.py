@@ -182,7 +182,25 @@ class XrayToDRRRegistrationParameterNode:
 #
 
 
-class XrayToDRRPoseReview:
+class _ReviewValues:
+    """The six review values of a pose transform node (`poseNode`) about `center`, relative to `base`: shared by
+    the single- and multi-view reviews, which differ only in what they re-render (`update`)."""
+
+    def valuesFromNode(self) -> np.ndarray:
+        """The values that give the transform node's current matrix (after a direct edit)."""
+        from XrayToDRRLib import mrml
+        from XrayToDRRRegistrationLib.mrml import review_values
+
+        self.values = review_values(self.base, mrml.pose_from_transform_node(self.poseNode).world_from_camera,
+                                    self.center)
+        return self.values
+
+    def reset(self) -> float:
+        """Back to the registration result."""
+        return self.update(np.zeros(6))
+
+
+class XrayToDRRPoseReview(_ReviewValues):
     """Moves a pose transform node by the six review values and re-renders a low-resolution DRR over the X-ray.
 
     The CT's FastRenderer is prepared once (by the Logic); each `update` renders `render(pose, 'preview')` on a
@@ -247,26 +265,13 @@ class XrayToDRRPoseReview:
         self.seconds = time.perf_counter() - start
         return self.ncc
 
-    def valuesFromNode(self) -> np.ndarray:
-        """The values that give the transform node's current matrix (after a direct edit)."""
-        from XrayToDRRLib import mrml
-        from XrayToDRRRegistrationLib.mrml import review_values
-
-        self.values = review_values(self.base, mrml.pose_from_transform_node(self.poseNode).world_from_camera,
-                                    self.center)
-        return self.values
-
-    def reset(self) -> float:
-        """Back to the registration result."""
-        return self.update(np.zeros(6))
-
     def close(self) -> None:
         if self.node is not None and self.scene.GetNodeByID(self.node.GetID()) is not None:
             self.scene.RemoveNode(self.node)
         self.node = None
 
 
-class XrayToDRRMultiViewReview:
+class XrayToDRRMultiViewReview(_ReviewValues):
     """The live review of a multi-view result: the six values move the patient pose (the parent transform, view
     1's camera; XrayToDRRPoseReview's values, about the CT centre) and every view, a child of it, re-renders its
     preview DRR over its own X-ray. `ncc` is the mean of the views' (`nccs`). Same interface as
@@ -312,17 +317,6 @@ class XrayToDRRMultiViewReview:
         self.ncc = float(np.mean(self.nccs))
         self.seconds = time.perf_counter() - start
         return self.ncc
-
-    def valuesFromNode(self) -> np.ndarray:
-        from XrayToDRRLib import mrml
-        from XrayToDRRRegistrationLib.mrml import review_values
-
-        self.values = review_values(self.base, mrml.pose_from_transform_node(self.poseNode).world_from_camera,
-                                    self.center)
-        return self.values
-
-    def reset(self) -> float:
-        return self.update(np.zeros(6))
 
     def close(self) -> None:
         from XrayToDRRRegistrationLib.mrml import remove_with_comparisons

@@ -359,7 +359,6 @@ class Session:
             if prep.mask is not None:
                 save_image(prep.mask.astype(np.float32), tmp / R.FIELD, spacing)
             R.write_trajectory_csv(traj, scales, tmp / R.TRAJECTORY)
-            R.write_json(tmp / R.METRICS, R.plain(metrics))
             if candidates:
                 R.write_json(tmp / R.CANDIDATES, {"candidates": info["search"]["candidates"]})
             if o.save_images:
@@ -370,7 +369,7 @@ class Session:
                 visualize.animate(self.fast, params, prep.shown, tmp / R.ANIMATION)
             (tmp / R.LOG).write_text("\n".join(lines) + "\n")
             clock("write")
-            R.write_json(tmp / R.METRICS, R.plain(metrics))  # again, with the writing's own time
+            R.write_json(tmp / R.METRICS, R.plain(metrics))  # last, so its timings hold the writing's own
         return metrics
 
 
