@@ -60,3 +60,21 @@ def test_metrics_record_the_final_renderer_and_where_the_time_went(tmp_path, sma
     assert all(v >= 0 for v in timings.values()) and sum(timings.values()) <= metrics["seconds"] + timings["write"] + 1
     assert len(metrics["stage_seconds"]) == len(metrics["stages"])
     assert abs(sum(metrics["stage_seconds"]) - metrics["optimisation_seconds"]) < 0.5
+
+
+def test_the_check_started_beside_the_optimisation_is_the_one_render_final_uses(tmp_path, small_ct, small_ct_path):
+    """prefetch_final_check runs the check in a thread once; render_final waits for it and gives the same record
+    as a session that checks at the end."""
+    pose = known_pose(small_ct, "ap", 64, seed=4)
+    early = _session(small_ct_path)
+    early.prefetch_final_check(pose)
+    early.prefetch_final_check(pose)  # one thread at a time
+    assert early._prefetch is not None
+    early._prefetch.join()
+    assert len(early._agreement) == 1
+    early.prefetch_final_check(pose)  # already checked: no thread
+    assert not early._prefetch.is_alive()
+    image, record = early.render_final(pose)
+    late_image, late_record = _session(small_ct_path).render_final(pose)
+    assert record == late_record
+    np.testing.assert_allclose(image, late_image, rtol=1e-5, atol=1e-5)

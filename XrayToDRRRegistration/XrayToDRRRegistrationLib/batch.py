@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import math
+import threading
 import time
 from pathlib import Path
 
@@ -159,6 +160,8 @@ class Session:
         self._fast = None
         self._hq: dict[str, DRRRenderer] = {}
         self._agreement: dict[tuple, float] = {}  # _fast_agreement per detector and view direction
+        self._agreement_lock = threading.Lock()
+        self._prefetch: threading.Thread | None = None
         self.translator = None
         if options.translate:
             from .translate_xray import XrayTranslator
@@ -180,6 +183,9 @@ class Session:
         two differ."""
         name, record = self.options.renderer, {}
         if name == "auto":
+            if self._prefetch is not None:
+                self._prefetch.join()
+                self._prefetch = None
             agreement = self._fast_agreement(pose)
             name = "fast" if agreement >= FAST_FINAL_MIN_NCC else "siddon"
             record = {"chosen_by": "auto", "fast_vs_siddon_ncc": round(agreement, 5)}
@@ -196,18 +202,42 @@ class Session:
         return np.concatenate([self._hq[name].render(pose.window((r0, min(pose.height, r0 + rows)), (0, pose.width)))
                                for r0 in range(0, pose.height, rows)], axis=0)
 
-    def _fast_agreement(self, pose, lines: int = 8) -> float:
+    def prefetch_final_check(self, pose) -> None:
+        """Start `--renderer auto`'s check (the Siddon renderer's set-up and its cross of lines, about 2 s for a
+        fine CT) in a thread while the optimisation runs: its coarse stages use one CPU thread (register.cpu_threads),
+        so the other core is free. Keyed by detector and view direction, the start pose's check almost always serves
+        the final pose; when it does not, render_final checks again."""
+        busy = self._prefetch is not None and self._prefetch.is_alive()
+        if self.options.renderer != "auto" or self._agreement_key(pose) in self._agreement or busy:
+            return
+
+        def run():
+            try:
+                self._fast_agreement(pose)
+            except Exception:  # noqa: BLE001 - render_final redoes the check and reports any error itself
+                pass
+
+        self._prefetch = threading.Thread(target=run, name="final-renderer-check", daemon=True)
+        self._prefetch.start()
+
+    @staticmethod
+    def _agreement_key(pose) -> tuple:
         axis = int(np.argmax(np.abs(pose.principal_ray)))
-        key = (pose.height, pose.width, pose.delx, pose.dely, pose.sdd, pose.x0, pose.y0, axis,
-               bool(pose.principal_ray[axis] > 0))
-        if key not in self._agreement:
+        return (pose.height, pose.width, pose.delx, pose.dely, pose.sdd, pose.x0, pose.y0, axis,
+                bool(pose.principal_ray[axis] > 0))
+
+    def _fast_agreement(self, pose, lines: int = 8) -> float:
+        key = self._agreement_key(pose)
+        with self._agreement_lock:  # a prefetch thread and render_final never render the cross twice at once
+            if key in self._agreement:
+                return self._agreement[key]
             h, w = pose.height, pose.width
             r0, c0 = max(0, h // 2 - lines // 2), max(0, w // 2 - lines // 2)
             cross = [pose.window((r0, min(h, r0 + lines)), (0, w)), pose.window((0, h), (c0, min(w, c0 + lines)))]
             fast = np.concatenate([self._render("fast", p).ravel() for p in cross])
             siddon = np.concatenate([self._render("siddon", p).ravel() for p in cross])
             self._agreement[key] = _ncc(fast, siddon)
-        return self._agreement[key]
+            return self._agreement[key]
 
     # --- one X-ray ------------------------------------------------------------------------------------------
     def find_pose(self, prepared: PreparedXray, start, progress: Progress | None = None, log=None):
@@ -278,7 +308,9 @@ class Session:
             log(traj.message)
         else:
             progress.update(0.02, "preparing the volume")
-            traj = optimize(self.fast, prep, init, self.center, o.optimizer(), progress.sub(0.3, 0.88), log)
+            fast = self.fast
+            self.prefetch_final_check(with_camera(prep.detector, init.world_from_camera))
+            traj = optimize(fast, prep, init, self.center, o.optimizer(), progress.sub(0.3, 0.88), log)
         clock("optimisation")
         metrics = self.write_result(xray_path, out_dir, prep, init, traj, info, candidates, lines, log, started,
                                     progress, clock=clock)
