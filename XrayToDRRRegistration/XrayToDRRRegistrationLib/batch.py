@@ -308,7 +308,7 @@ class Session:
             log(traj.message)
         else:
             progress.update(0.02, "preparing the volume")
-            fast = self.fast
+            fast = self.fast  # the pyramid first: the check's thread would otherwise build a second one
             self.prefetch_final_check(with_camera(prep.detector, init.world_from_camera))
             traj = optimize(fast, prep, init, self.center, o.optimizer(), progress.sub(0.3, 0.88), log)
         clock("optimisation")
