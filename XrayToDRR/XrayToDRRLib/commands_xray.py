@@ -64,11 +64,14 @@ def simulate_xray_verb(
     seed: Annotated[int, typer.Option(help="random seed: same seed, same image")] = 0,
     raw: Annotated[bool, typer.Option(
         "--raw", help="log detector image without vendor processing or collimation")] = False,
+    exposure: Annotated[str, typer.Option(
+        help="aec: automatic exposure control (the dose behind the patient is set); fixed: the same tube output "
+             "for every patient (thick views get very few photons)")] = "aec",
     device: DeviceOption = "auto",
     progress: ProgressOption = "bar",
 ):
     """Simulate a realistic X-ray of a CT at a known pose; writes the image and its true pose (X.pose.json)."""
     image, pose_file = write_simulated_xray(volume, pose, output, seed=seed, raw=raw, device=device,
-                                            progress=progress)
+                                            progress=progress, exposure=exposure)
     progress.log(f"wrote {image} and {pose_file}")
     return [image, pose_file]

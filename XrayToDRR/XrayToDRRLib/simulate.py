@@ -8,7 +8,9 @@ Chain (every random parameter drawn from `seed` within plausible ranges, see `sa
     aluminium filtration, energy-integrating detector; NIST XCOM mass attenuation of water, cortical bone (ICRU-44)
     and aluminium -> beam hardening and energy-dependent bone weighting;
  3. scatter: a heavily low-passed copy of the primary, scatter-to-primary ratio 0.3-1 growing with thickness;
- 4. flat-panel geometry (cos^3 fall-off), quantum noise (Poisson on photon counts) plus electronic noise;
+ 4. flat-panel geometry (cos^3 fall-off); automatic exposure control (the tube output set so that the detector
+    behind the patient's central third receives the sampled dose; `exposure="fixed"`: the same tube output
+    whatever the patient); quantum noise (Poisson on photon counts) plus electronic noise;
  5. detector blur (Gaussian core + Lorentzian-like glare tail as an MTF), gain and offset non-uniformity;
  6. log transform -> an attenuation-like image, dense = bright ("raw", DICOM For Processing);
  7. unless raw: vendor "for presentation" processing: heel-effect ramp (applied to the exposure), multiscale
@@ -45,6 +47,14 @@ RHO_WATER, RHO_BONE, RHO_AL = 1.0, 1.92, 2.699  # g/cm^3
 SOFT_TISSUE_MAX_HU = 100.0
 N_ENERGIES = 20
 DICOM_SUFFIXES = (".dcm", ".dicom")
+EXPOSURES = ("aec", "fixed")
+# Detector dose per image: 0.03 uGy (a fluoroscopy frame) to 1 uGy (a digital radiograph), at about 30,000
+# photons/mm^2 per uGy (IEC 62220-1 beam quality RQA5, 70 kVp).
+DETECTOR_PHOTONS_PER_MM2 = (1e3, 3e4)
+# exposure="fixed" (the simulator before AEC): 1.5e4-6e4 photons/mm^2 reach the detector where nothing is in the
+# beam, however thick the patient (a lateral pelvis then gets under 100 photons per pixel).
+FIXED_PHOTONS_PER_MM2 = (1.5e4, 6e4)
+AEC_FIELD = 1 / 3  # the measuring chambers: the central third of the field in each direction
 
 
 def mu_rho(table: np.ndarray, energies_kev) -> np.ndarray:
@@ -74,7 +84,7 @@ def sample_parameters(seed: int = 0) -> dict:
         "kvp": round(u(70, 120), 1),
         "al_filtration_mm": u(2.5, 4.0),
         "bone_hu": u(1500, 2000),
-        "photons_per_mm2": float(np.exp(u(np.log(1.5e4), np.log(6e4)))),
+        "dose_quantile": u(0.0, 1.0),  # where the image's dose lies in its range (see photons_per_mm2)
         "electronic_noise": u(2.0, 8.0),
         "scatter_to_primary": u(0.3, 1.0),
         "scatter_sigma_mm": u(25, 60),
@@ -100,6 +110,21 @@ def sample_parameters(seed: int = 0) -> dict:
     }
 
 
+def photons_per_mm2(params: dict, exposure: str) -> float:
+    """aec: photons per mm^2 at the detector behind the patient; fixed: with nothing in the beam."""
+    lo, hi = DETECTOR_PHOTONS_PER_MM2 if exposure == "aec" else FIXED_PHOTONS_PER_MM2
+    return float(np.exp(np.log(lo) + (np.log(hi) - np.log(lo)) * params["dose_quantile"]))
+
+
+def aec_factor(relative: np.ndarray) -> float:
+    """1 / the median relative exposure over the central `AEC_FIELD` of the detector (the chambers' reading):
+    the tube output that brings the detector dose there to its target."""
+    h, w = relative.shape
+    dh, dw = max(1, int(h * AEC_FIELD / 2)), max(1, int(w * AEC_FIELD / 2))
+    central = relative[h // 2 - dh:h // 2 + dh, w // 2 - dw:w // 2 + dw]
+    return 1.0 / max(float(np.median(central)), 1e-6)
+
+
 def material_fractions(hu: np.ndarray, bone_hu: float) -> tuple[np.ndarray, np.ndarray]:
     """(water, bone) fractions per voxel (density-weighted: 1 = water at 1 g/cm^3 / cortical bone at 1.92)."""
     hu = np.asarray(hu, dtype=np.float32)
@@ -122,16 +147,19 @@ def path_lengths(ct: sitk.Image, pose: Pose, bone_hu: float, device="auto") -> t
 
 
 def simulate_xray(ct: sitk.Image, pose: Pose, seed: int = 0, raw: bool = False, device: str = "auto",
-                  progress: Progress | None = None) -> np.ndarray:
+                  progress: Progress | None = None, exposure: str = "aec") -> np.ndarray:
     """A simulated radiograph (H, W) float32 of `ct` (HU) at `pose`, dense = bright. raw=True: the log-transformed
     detector image (attenuation-like, no vendor processing, no collimation); else the presentation image in [0, 1].
+    `exposure`: "aec" (automatic exposure control, as every radiographic system) or "fixed" (see EXPOSURES).
     The same seed gives the same image."""
-    return _simulate(ct, pose, seed, raw, device, progress)[0]
+    return _simulate(ct, pose, seed, raw, device, progress, exposure)[0]
 
 
-def _simulate(ct, pose, seed, raw, device, progress):
+def _simulate(ct, pose, seed, raw, device, progress, exposure="aec"):
     progress = progress or Progress()
     pose.validate()
+    if exposure not in EXPOSURES:
+        raise InputError(f"unknown exposure '{exposure}'", None, f"use one of {', '.join(EXPOSURES)}")
     params = sample_parameters(seed)
     noise = np.random.default_rng([int(seed), 1])
     h, w = pose.height, pose.width
@@ -153,13 +181,15 @@ def _simulate(ct, pose, seed, raw, device, progress):
     spr = params["scatter_to_primary"] * (1 - np.exp(-thickness / 150.0)) / (1 - np.exp(-2.0))
     sigma_px = min(params["scatter_sigma_mm"] / pose.delx, max(h, w) / 3)
     scatter = smooth(primary * spr, sigma_px)
-    exposure = (primary + scatter) * _flat_panel_falloff(pose)
+    relative = (primary + scatter) * _flat_panel_falloff(pose)  # the detector's exposure / an unattenuated beam's
     if not raw:
-        exposure = exposure * _heel(h, w, params["heel"], params["heel_axis"])
+        relative = relative * _heel(h, w, params["heel"], params["heel_axis"])
 
     progress.update(0.7, "quantum noise, blur, gain")
-    n0 = params["photons_per_mm2"] * pose.delx * pose.dely
-    counts = noise.poisson(np.clip(exposure, 0, None) * n0).astype(np.float64)
+    n0 = photons_per_mm2(params, exposure) * pose.delx * pose.dely  # photons per pixel of an unattenuated beam
+    if exposure == "aec":
+        n0 *= aec_factor(relative)
+    counts = noise.poisson(np.clip(relative, 0, None) * n0).astype(np.float64)
     counts += noise.normal(0.0, params["electronic_noise"], counts.shape)
     counts = _detector_blur(counts, params["blur_sigma_px"], params["glare_weight"], params["glare_mm"] / pose.delx)
     gain, offset = _gain_offset(h, w, params, noise)
@@ -313,7 +343,7 @@ def pose_path_for(output: str | Path) -> Path:
 
 
 def write_simulated_xray(volume, pose, output: str | Path, seed: int = 0, raw: bool = False, device: str = "auto",
-                         progress: Progress | None = None) -> tuple[Path, Path]:
+                         progress: Progress | None = None, exposure: str = "aec") -> tuple[Path, Path]:
     """Simulate an X-ray of `volume` (path or sitk.Image, HU) at `pose` (Pose or pose file) and write it to
     `output` (.dcm: 16-bit DX DICOM with SDD and ImagerPixelSpacing; or .png/.nii.gz/.nrrd/.tif/.npy) and the
     true pose beside it (`pose_path_for`). Returns (image path, pose path)."""
@@ -329,14 +359,14 @@ def write_simulated_xray(volume, pose, output: str | Path, seed: int = 0, raw: b
         raise InputError("output is a folder", output, "give a file name such as X.dcm")
     pose = load_pose(pose) if isinstance(pose, (str, Path)) else pose.validate()
     ct = read_volume(volume) if isinstance(volume, (str, Path)) else volume
-    image, params = _simulate(ct, pose, seed, raw, device, progress)
+    image, params = _simulate(ct, pose, seed, raw, device, progress, exposure)
     pose_path = pose_path_for(output)
     with atomic_path(output) as tmp_image, atomic_path(pose_path) as tmp_pose:
         if kind in DICOM_SUFFIXES:
             dsp = float(pose.depth(center_ras(ct))[0])
             primary, secondary = positioner_angles(pose)
             view = view_name(pose)
-            record = {"seed": int(seed), "raw": bool(raw),
+            record = {"seed": int(seed), "raw": bool(raw), "exposure": exposure,
                       **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in params.items()}}
             meta = dict(
                 KVP=float(params["kvp"]), ViewPosition=view if view in ("AP", "PA", "LL", "RL") else "",
