@@ -64,6 +64,7 @@ class RegistrationOptions:
     max_n_itrs: list[int] | int = OptimizerSettings.max_n_itrs
     max_n_plateaus: int = OptimizerSettings.max_n_plateaus
     finest_max_itrs: int = OptimizerSettings.finest_max_itrs
+    depth_gain: float | None = OptimizerSettings.depth_gain
     renderer: str = "auto"
     init_only: bool = False
     save_images: bool = False

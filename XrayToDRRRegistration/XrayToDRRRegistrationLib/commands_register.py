@@ -76,6 +76,9 @@ def register(
     finest_max_itrs: Annotated[int, typer.Option(
         "--finest-max-itrs", help="at most this many iterations in the finest of several stages (the costliest)")
     ] = _D.finest_max_itrs,
+    depth_gain: Annotated[Optional[float], typer.Option(
+        "--depth-gain", help="steps along the beam are this many times --lr-xyz (default: SDD / the detector's rms "
+                             "radius, so depth moves the image as fast as the in-plane position)")] = _D.depth_gain,
     search: Annotated[bool, typer.Option(
         "--search/--no-search", help="global pose search for --init-view/--init-dicom (off: the nominal pose as is)")
     ] = _D.search,
@@ -127,7 +130,7 @@ def register(
         crop=crop, subtract_background=subtract_background, linearize=linearize, collimator=collimator,
         similarity=similarity, scales=scales, lr_rot=lr_rot, lr_xyz=lr_xyz, patience=patience, threshold=threshold,
         max_n_itrs=_itrs(max_n_itrs), max_n_plateaus=max_n_plateaus, finest_max_itrs=finest_max_itrs,
-        renderer=renderer, init_only=init_only,
+        depth_gain=depth_gain, renderer=renderer, init_only=init_only,
         save_images=save_images, pattern=pattern, device=device, seed=seed, search=search,
         search_top_k=search_top_k, search_angle=search_angle, search_distance=search_distance,
         search_shift=search_shift, translate=str(translate) if translate else _D.translate)

