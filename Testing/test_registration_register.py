@@ -55,7 +55,7 @@ def test_known_pose_is_recovered(case, tmp_path, small_ct, small_ct_path):
     assert np.median(mtre) < 2.0 and max(mtre) < 3.0, mtre
     assert all(f["rotation_deg"] < 1.0 and f["mrpe_mm"] < 2.0 for f in finals), finals
     assert errors["final"]["mrpe_mm"] < errors["init"]["mrpe_mm"] / 5
-    assert metrics["ncc"] > metrics["ncc_init"] + 0.05
+    assert 1 - metrics["ncc"] < (1 - metrics["ncc_init"]) / 2  # the mismatch at least halved (whatever the noise)
     assert metrics["stopped"] in ("converged", "max_itrs")
 
 
