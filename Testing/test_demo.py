@@ -38,3 +38,7 @@ def test_demo_writes_an_aligned_xray_drr_pair_and_its_figure(tmp_path):
     assert translate_image(gen, config, xray.pixels, device).shape == (64, 64)
     figure = sitk.ReadImage(str(out["figure"]))
     assert figure.GetSize()[0] > 3 * figure.GetSize()[1]  # four panels side by side
+    # Run again into the same folder (a second `make demo`): every stage replaces its own outputs.
+    again = run_demo(tmp_path / "demo", size=64, spacing=4.0, seed=3, device="cpu", quick=True)
+    assert again["translation_checkpoint"].exists() and again["registration_figure"].exists()
+    assert sorted(p.name for p in (tmp_path / "demo" / "translation").iterdir()) == ["pairs", "run", "translation.png"]

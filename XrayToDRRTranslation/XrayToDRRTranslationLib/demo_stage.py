@@ -50,13 +50,16 @@ def run(context: dict, progress: Progress) -> dict:
     pairs = write_pairs(ct, pose, out / "pairs", settings["pairs"], settings["size"], int(context["seed"]),
                         context["device"], progress.sub(0.0, 0.4))
     progress.log(f"translation: training pix2pix for about {settings['budget_s']:.0f} s")
-    result = train(pairs, out / "run", epochs=10_000, image_size=settings["size"], ngf=settings["width"],
-                   ndf=settings["width"], val_fraction=0.2, time_limit=settings["budget_s"], save_every=10_000,
-                   device=context["device"], seed=int(context["seed"]), progress=progress.sub(0.4, 0.95))
-    gen, config, device = load_generator(result.checkpoint, context["device"])
+    run_dir = out / "run"
+    with atomic_dir(run_dir) as tmp:  # a second `make demo` replaces the demo's own run (train keeps any other)
+        result = train(pairs, tmp, epochs=10_000, image_size=settings["size"], ngf=settings["width"],
+                       ndf=settings["width"], val_fraction=0.2, time_limit=settings["budget_s"], save_every=10_000,
+                       device=context["device"], seed=int(context["seed"]), progress=progress.sub(0.4, 0.95))
+    checkpoint = run_dir / Path(result.checkpoint).relative_to(tmp)
+    gen, config, device = load_generator(checkpoint, context["device"])
     xray = read_xray(context["xray"]).pixels
     predicted = translate_image(gen, config, xray, device)
     true_drr = read_gray(context["drr"])
     figure = panels([xray, predicted, true_drr], ["demo X-ray (held out)", "pix2pix prediction", "true DRR"],
                     out / "translation.png", suptitle=f"X-ray -> DRR after {len(result.history)} short epochs")
-    return {"translation_checkpoint": result.checkpoint, "translation_figure": figure}
+    return {"translation_checkpoint": checkpoint, "translation_figure": figure}
