@@ -10,7 +10,7 @@ from XrayToDRRLib.pose import load_pose
 from XrayToDRRLib.xray import read_xray
 
 
-def test_demo_writes_an_aligned_xray_drr_pair_and_its_figure(tmp_path):
+def test_demo_writes_an_aligned_xray_drr_pair_and_its_figure(tmp_path, monkeypatch):
     out = run_demo(tmp_path / "demo", size=64, spacing=4.0, seed=3, device="cpu", quick=True)
     for key in ("prepared", "true_pose", "xray", "drr", "figure"):
         assert out[key].exists(), key
@@ -38,7 +38,8 @@ def test_demo_writes_an_aligned_xray_drr_pair_and_its_figure(tmp_path):
     assert translate_image(gen, config, xray.pixels, device).shape == (64, 64)
     figure = sitk.ReadImage(str(out["figure"]))
     assert figure.GetSize()[0] > 3 * figure.GetSize()[1]  # four panels side by side
-    # Run again into the same folder (a second `make demo`): every stage replaces its own outputs.
-    again = run_demo(tmp_path / "demo", size=64, spacing=4.0, seed=3, device="cpu", quick=True)
+    # Run again into the same folder, named relative as `make demo` does: every stage replaces its own outputs.
+    monkeypatch.chdir(tmp_path)
+    again = run_demo("demo", size=64, spacing=4.0, seed=3, device="cpu", quick=True)
     assert again["translation_checkpoint"].exists() and again["registration_figure"].exists()
     assert sorted(p.name for p in (tmp_path / "demo" / "translation").iterdir()) == ["pairs", "run", "translation.png"]
