@@ -35,11 +35,6 @@ def _along_beam(pose, center, mm: float):
     return dataclasses.replace(pose, world_from_camera=np.linalg.inv(m))
 
 
-def _depth_error(pose, truth, center) -> float:
-    z = lambda p: (p.camera_from_world[:3, :3] @ center + p.camera_from_world[:3, 3])[2]  # noqa: E731
-    return float(z(pose) - z(truth))
-
-
 def test_the_finest_stage_corrects_a_depth_error_left_by_the_coarse_ones(tmp_path, small_ct):
     """The default finest stage (128 px, 20 iterations, a quarter of the first stage's steps) from a pose 15 mm
     too far from the source: with one step size for all axes it can move the depth by only about 5 mm."""
@@ -53,6 +48,7 @@ def test_the_finest_stage_corrects_a_depth_error_left_by_the_coarse_ones(tmp_pat
     errors = {}
     for gain in (None, 1.0):
         traj = optimize(renderer, prepared, start, center, OptimizerSettings(**finest, depth_gain=gain))
-        errors[gain] = abs(_depth_error(dataclasses.replace(start, world_from_camera=traj.final), truth, center))
+        final = dataclasses.replace(start, world_from_camera=traj.final)
+        errors[gain] = abs(float(final.depth(center)[0] - truth.depth(center)[0]))
     assert errors[None] < 3.0, errors
     assert errors[1.0] > 9.0, errors

@@ -55,7 +55,7 @@ def run(context: dict, progress: Progress) -> dict:
         result = train(pairs, tmp, epochs=10_000, image_size=settings["size"], ngf=settings["width"],
                        ndf=settings["width"], val_fraction=0.2, time_limit=settings["budget_s"], save_every=10_000,
                        device=context["device"], seed=int(context["seed"]), progress=progress.sub(0.4, 0.95))
-    checkpoint = run_dir / Path(result.checkpoint).resolve().relative_to(Path(tmp).resolve())
+    checkpoint = run_dir / Path(result.checkpoint).name  # latest.pth.tar, at the top of the run folder
     gen, config, device = load_generator(checkpoint, context["device"])
     xray = read_xray(context["xray"]).pixels
     predicted = translate_image(gen, config, xray, device)
