@@ -16,7 +16,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from . import fused_render, numba_render
+from . import fused_render, numba_gradient, numba_render
 from .errors import InputError
 from .pose import Pose
 from .render import MU_WATER_PER_MM, hu_to_mu, pick_device
@@ -91,8 +91,8 @@ class FastRenderer:
     converted with `render.hu_to_mu`.
 
     Backends (`self.backend`, recorded in outputs' metadata): 'torch' samples with `grid_sample` (CPU and CUDA);
-    'triton' is nanodrr's fused CUDA kernel (see fused_render); 'numba' a compiled per-ray loop on the CPU (see
-    numba_render; without gradients, so a pose that needs one takes the torch path); 'auto' takes triton on CUDA
+    'triton' is nanodrr's fused CUDA kernel (see fused_render); 'numba' compiled per-ray loops on the CPU (see
+    numba_render; a pose that needs a gradient is summed over the torch path's samples by numba_gradient); 'auto' takes triton on CUDA
     and numba on the CPU when they import."""
 
     def __init__(self, volume: sitk.Image, mask: np.ndarray | None = None, device: str | torch.device = "auto",
@@ -209,6 +209,12 @@ class FastRenderer:
         split = torch.get_num_threads() if lvl.mu.device.type == "cpu" else 1
         counts = [math.ceil(max(2.0, longest / (lvl.voxel * step_factor)) / split) * split
                   for longest in length.detach().amax(1).tolist()]
+        if self.backend == "numba":  # the pose needs a gradient: the same samples summed by compiled loops
+            per_ray = torch.tensor(counts, dtype=torch.int64).repeat_interleave(r)
+            start = (flat_o + flat_near[:, None] * flat_d).contiguous()
+            values = numba_gradient.line_integrals(start, (flat_len[:, None] * flat_d).contiguous(), flat_len,
+                                                   per_ray, lvl)
+            return values.reshape(b, pose.height, pose.width)
         per_chunk = max(1, self.chunk_samples // max(counts))
         out = []
         for first in range(0, b * r, per_chunk):
