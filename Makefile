@@ -31,9 +31,10 @@ $(BENCH_STAMP): $(STAMP)
 	$(PIP) -q -e '.[test,bench]'
 	touch $(BENCH_STAMP)
 
+# CT_DIR: the registration bench's other CTs (bench/clinician.py says where each comes from), rendered too.
 bench: $(BENCH_STAMP)
 	$(PY) bench/prepare.py
-	$(PY) bench/render.py
+	$(PY) bench/render.py $(if $(CT_DIR),--ct-dir $(CT_DIR))
 
 # The README's pictures of the panels' results (Resources/Screenshots/), drawn by slicer-core's MRML code.
 screenshots: $(STAMP)

