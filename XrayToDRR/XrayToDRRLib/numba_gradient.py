@@ -18,14 +18,16 @@ import torch
 
 from . import numba_render
 
-numba = _samples = None  # set by _kernels(): the loops' globals are resolved when they compile
+numba = _axis = _samples = _trilinear = None  # set by _kernels(): the loops' globals are resolved when they compile
 EDGE = 1e-3   # samples stay this many voxels inside the grid's last index, so index + 1 is on it
 
 
 @functools.cache
 def _kernels():
-    global numba, _samples
+    global numba, _axis, _samples, _trilinear
     numba = numba_render._kernels()[0]  # also picks the fork-safe threading layer
+    _trilinear = numba_render._trilinear
+    _axis = numba.njit(fastmath=True, cache=True)(_axis_impl)
     _samples = numba.njit(fastmath=True, cache=True)(_samples_impl)
     compile = numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
     return compile(_forward_impl), compile(_backward_impl)
@@ -74,37 +76,35 @@ def line_integrals(start: torch.Tensor, delta: torch.Tensor, length: torch.Tenso
     return _LineIntegrals.apply(start, delta, length, counts, level)
 
 
-def _samples_impl(start, delta, half, top, n):
-    """First sample and step (voxel indices) along one axis of a ray of `n` midpoint samples; the first and last
-    samples are clamped to [0, top], so every sample between is on the grid (a straight segment between two
-    points of a box stays in it)."""
+def _axis_impl(start, delta, size, n):
+    """First sample and step (voxel indices) along one grid axis of `size` voxels, for a ray of `n` midpoint
+    samples; the first and last samples are clamped into the grid, so every sample between is on it (a straight
+    segment between two points of a box stays in it) and its index + 1 too."""
+    half, top = np.float32(0.5 * (size - 1)), np.float32(size - 1 - EDGE)
     first = (start + 1) * half + delta * half * np.float32(0.5) / np.float32(n)
     last = (start + 1) * half + delta * half * (np.float32(n) - np.float32(0.5)) / np.float32(n)
     first, last = min(max(first, np.float32(0.0)), top), min(max(last, np.float32(0.0)), top)
     return first, (last - first) / np.float32(max(n - 1, 1))
 
 
+def _samples_impl(start, delta, shape, n):
+    """(x0, sx, y0, sy, z0, sz): a ray's first sample and step along the grid's three axes."""
+    x0, sx = _axis(start[0], delta[0], shape[0], n)
+    y0, sy = _axis(start[1], delta[1], shape[1], n)
+    z0, sz = _axis(start[2], delta[2], shape[2], n)
+    return x0, sx, y0, sy, z0, sz
+
+
 def _forward_impl(mu, shape, start, delta, counts, scale, out):
     row, plane = shape[0], shape[0] * shape[1]
-    half = (np.float32(0.5 * (shape[0] - 1)), np.float32(0.5 * (shape[1] - 1)), np.float32(0.5 * (shape[2] - 1)))
-    top = (np.float32(shape[0] - 1 - EDGE), np.float32(shape[1] - 1 - EDGE), np.float32(shape[2] - 1 - EDGE))
     for r in numba.prange(out.shape[0]):
         n = counts[r]
-        x0, sx = _samples(start[r, 0], delta[r, 0], half[0], top[0], n)
-        y0, sy = _samples(start[r, 1], delta[r, 1], half[1], top[1], n)
-        z0, sz = _samples(start[r, 2], delta[r, 2], half[2], top[2], n)
+        x0, sx, y0, sy, z0, sz = _samples(start[r], delta[r], shape, n)
         total = np.float32(0.0)
         for k in range(n):
             x, y, z = x0 + k * sx, y0 + k * sy, z0 + k * sz
             i, j, m = int(x), int(y), int(z)                          # inside the grid: truncation is floor
-            fx, fy, fz = x - i, y - j, z - m
-            at = m * plane + j * row + i
-            c00 = mu[at] + fx * (mu[at + 1] - mu[at])
-            c01 = mu[at + row] + fx * (mu[at + row + 1] - mu[at + row])
-            c10 = mu[at + plane] + fx * (mu[at + plane + 1] - mu[at + plane])
-            c11 = mu[at + plane + row] + fx * (mu[at + plane + row + 1] - mu[at + plane + row])
-            c0 = c00 + fy * (c01 - c00)
-            total += c0 + fz * (c10 + fy * (c11 - c10) - c0)
+            total += _trilinear(mu, m * plane + j * row + i, x - i, y - j, z - m, row, plane)
         out[r] = total * scale[r]
 
 
@@ -113,12 +113,9 @@ def _backward_impl(mu, shape, start, delta, counts, weight, g_start, g_delta, su
     each sample's fraction along the ray (d/d start and d/d delta), chained to grid coordinates."""
     row, plane = shape[0], shape[0] * shape[1]
     half = (np.float32(0.5 * (shape[0] - 1)), np.float32(0.5 * (shape[1] - 1)), np.float32(0.5 * (shape[2] - 1)))
-    top = (np.float32(shape[0] - 1 - EDGE), np.float32(shape[1] - 1 - EDGE), np.float32(shape[2] - 1 - EDGE))
     for r in numba.prange(sums.shape[0]):
         n = counts[r]
-        x0, sx = _samples(start[r, 0], delta[r, 0], half[0], top[0], n)
-        y0, sy = _samples(start[r, 1], delta[r, 1], half[1], top[1], n)
-        z0, sz = _samples(start[r, 2], delta[r, 2], half[2], top[2], n)
+        x0, sx, y0, sy, z0, sz = _samples(start[r], delta[r], shape, n)
         step = np.float32(1.0) / np.float32(n)
         total = np.float32(0.0)
         gx = gy = gz = hx = hy = hz = np.float32(0.0)

@@ -30,7 +30,7 @@ import torch
 
 _LOCK = threading.Lock()  # numba's workqueue threading layer must not be entered from two threads at once
 # Filled by _kernels(): numba resolves the marches' globals (`numba.prange`, the helpers) when it compiles them.
-numba = _clip = _ray = None
+numba = _clip = _ray = _trilinear = None
 
 
 def available() -> bool:
@@ -41,7 +41,7 @@ def available() -> bool:
 @functools.cache
 def _kernels():
     """The compiled marches: about 3 s the first time, then cached next to this file (or numba's user cache)."""
-    global numba, _clip, _ray
+    global numba, _clip, _ray, _trilinear
     import os
 
     import numba as module
@@ -54,6 +54,7 @@ def _kernels():
         module.config.THREADING_LAYER = "workqueue"
     _clip = module.njit(fastmath=True, cache=True)(_clip_impl)
     _ray = module.njit(fastmath=True, cache=True)(_ray_impl)
+    _trilinear = module.njit(fastmath=True, cache=True)(_trilinear_impl)
     compile = module.njit(parallel=True, fastmath=True, cache=True, nogil=True)
     return numba, compile(_planes_impl), compile(_march_impl)
 
@@ -162,13 +163,16 @@ def _march_impl(mu, shape, lo, hi, voxel_from_camera, directions, step, out):
             x, y, z = x0 + s * sx, y0 + s * sy, z0 + s * sz
             i, j, k = int(x), int(y), int(z)                          # inside the box: truncation is floor
             fx, fy, fz = x - i, y - j, z - k
-            at = k * plane + j * row + i
-            c00 = mu[at] + fx * (mu[at + 1] - mu[at])
-            c01 = mu[at + row] + fx * (mu[at + row + 1] - mu[at + row])
-            c10 = mu[at + plane] + fx * (mu[at + plane + 1] - mu[at + plane])
-            c11 = mu[at + plane + row] + fx * (mu[at + plane + row + 1] - mu[at + plane + row])
-            c0 = c00 + fy * (c01 - c00)
-            c1 = c10 + fy * (c11 - c10)
-            total += c0 + fz * (c1 - c0)
+            total += _trilinear(mu, k * plane + j * row + i, fx, fy, fz, row, plane)
         out[b, r] = total * h
+
+
+def _trilinear_impl(mu, at, fx, fy, fz, row, plane):
+    """The trilinear volume at fractions (fx, fy, fz) of the cell whose first corner is flat index `at`."""
+    c00 = mu[at] + fx * (mu[at + 1] - mu[at])
+    c01 = mu[at + row] + fx * (mu[at + row + 1] - mu[at + row])
+    c10 = mu[at + plane] + fx * (mu[at + plane + 1] - mu[at + plane])
+    c11 = mu[at + plane + row] + fx * (mu[at + plane + row + 1] - mu[at + plane + row])
+    c0 = c00 + fy * (c01 - c00)
+    return c0 + fz * (c10 + fy * (c11 - c10) - c0)
 
