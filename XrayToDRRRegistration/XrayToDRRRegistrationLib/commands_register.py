@@ -62,7 +62,7 @@ def register(
         help="rigid SimpleITK .tfm mapping the initial pose's frame onto the volume's (e.g. from coregister)")] = None,
     invert: Annotated[bool, typer.Option("--invert", help="apply the inverse of --warp")] = False,
     scales: Annotated[str, typer.Option(
-        help="detector downsampling per stage, coarse to fine (e.g. 8,4,2); auto: about 32, 64, 128 px")] = _D.scales,
+        help="detector downsampling per stage, coarse to fine (e.g. 8,4,2); auto: about 32, 64, 128, 256 px")] = _D.scales,
     similarity: Annotated[str, typer.Option(help=" | ".join(SIMILARITIES))] = _D.similarity,
     renderer: Annotated[str, typer.Option(help=f"final HQ DRR: {' | '.join(FINAL_RENDERERS)}")] = _D.renderer,
     lr_rot: Annotated[float, typer.Option("--lr-rot", help="rotation step (rad) at the first stage")] = _D.lr_rot,

