@@ -92,8 +92,8 @@ class FastRenderer:
 
     Backends (`self.backend`, recorded in outputs' metadata): 'torch' samples with `grid_sample` (CPU and CUDA);
     'triton' is nanodrr's fused CUDA kernel (see fused_render); 'numba' compiled per-ray loops on the CPU (see
-    numba_render; a pose that needs a gradient is summed over the torch path's samples by numba_gradient); 'auto' takes triton on CUDA
-    and numba on the CPU when they import."""
+    numba_render; a pose that needs a gradient is summed over the torch path's samples by numba_gradient); 'auto'
+    takes triton on CUDA and numba on the CPU when they import."""
 
     def __init__(self, volume: sitk.Image, mask: np.ndarray | None = None, device: str | torch.device = "auto",
                  attenuation: np.ndarray | None = None, n_levels: int = 5, chunk_samples: int = 2 ** 22,

@@ -48,7 +48,7 @@ class _LineIntegrals(torch.autograd.Function):
         out = np.empty(len(n), np.float32)
         forward, _ = _kernels()
         with numba_render._LOCK:
-            numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+            numba_render.set_threads()
             forward(mu, shape, s, d, n, scale, out)
         ctx.save_for_backward(start, delta, length, counts)
         ctx.level = level
@@ -63,7 +63,7 @@ class _LineIntegrals(torch.autograd.Function):
         sums = np.empty(len(n), np.float32)
         _, backward = _kernels()
         with numba_render._LOCK:
-            numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+            numba_render.set_threads()
             backward(mu, shape, s, d, n, weight, g_start, g_delta, sums)
         g_length = grad * torch.from_numpy(sums) / counts.to(grad.dtype)
         return torch.from_numpy(g_start), torch.from_numpy(g_delta), g_length, None, None

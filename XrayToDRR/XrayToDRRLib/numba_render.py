@@ -33,6 +33,11 @@ _LOCK = threading.Lock()  # numba's workqueue threading layer must not be entere
 numba = _clip = _ray = _trilinear = None
 
 
+def set_threads() -> None:
+    """The compiled loops use torch's thread count (call with _LOCK held)."""
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+
 def available() -> bool:
     """Whether numba is installed (imported only when this backend first renders: it takes about a second)."""
     return importlib.util.find_spec("numba") is not None
@@ -74,7 +79,7 @@ def render_level(level, world_from_camera: torch.Tensor, directions: torch.Tenso
     out = np.empty((poses.shape[0], directions.shape[0]), np.float32)
     numba, planes, march = _kernels()
     with _LOCK:
-        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+        set_threads()
         if step_factor == 1.0:
             planes(mu.reshape(-1), shape, lo, hi, voxel_from_camera, rays, out)
         else:
