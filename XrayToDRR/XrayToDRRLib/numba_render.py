@@ -15,7 +15,8 @@ Two marches of the same trilinear volume:
 - other step factors (full: two samples per voxel): trilinear samples at most `voxel x step factor` apart, the
   torch path's midpoint rule.
 
-No gradients: `FastRenderer.render_tensor` uses the torch path whenever the pose needs one.
+Gradients: a pose that needs one is summed over the torch path's samples by `numba_gradient` (this module's
+marches are forward-only).
 """
 
 from __future__ import annotations
