@@ -26,9 +26,38 @@ def fast_torch(small_ct):
     return FastRenderer(small_ct, device="cpu", backend="torch")
 
 
-def test_pyramid_levels_coarsen_by_about_two(fast):
-    voxels = [lvl.voxel for lvl in fast.levels]
+def test_pyramid_levels_coarsen_by_about_two(small_ct):
+    voxels = [lvl.voxel for lvl in FastRenderer(small_ct, device="cpu", half_levels=False).levels]
     assert len(voxels) >= 2 and all(1.5 < b / a < 2.6 for a, b in zip(voxels, voxels[1:]))
+
+
+def test_half_levels_sit_between_the_powers_of_two(small_ct, fast):
+    voxels = [lvl.voxel for lvl in fast.levels]
+    finest = voxels[0]
+    # Steps of 1.33-1.5 where the finest axes set the voxel; larger where this CT's 12.5 mm slices take over.
+    assert len(voxels) >= 6 and all(1.15 < b / a <= 2.0 for a, b in zip(voxels, voxels[1:]))
+    assert voxels[1] == pytest.approx(1.5 * finest, rel=1e-3) and voxels[2] == pytest.approx(2 * finest, rel=1e-3)
+    # HQ now takes a level between one and two pixel footprints, never much finer than it needs.
+    centre = center_ras(small_ct)
+    for delx in (8.0, 11.0, 15.0, 22.0):  # footprints about half of these: 1.1-3.1 finest voxels
+        pose = standard_view("ap", centre, 1020, 32, 32, delx)
+        level, _ = fast.plan(pose, "hq")
+        assert fast.levels[level].voxel <= 2.0 * fast.footprint(pose) * 1.01
+        if level + 1 < len(voxels):
+            assert fast.levels[level + 1].voxel > 2.0 * fast.footprint(pose) * 1.01
+
+
+def test_area_resample_keeps_the_mass_and_equals_pooling_at_integer_factors():
+    from XrayToDRRLib.fast_render import _area_resample, _pool
+
+    mu = torch.rand(21, 30, 41, generator=torch.Generator().manual_seed(0))
+    pooled, pooled_affine = _pool(mu, np.eye(4), (2, 3, 2))
+    resampled, resampled_affine = _area_resample(mu, np.eye(4), (2, 3, 2))
+    assert torch.allclose(pooled, resampled, atol=1e-6) and np.allclose(pooled_affine, resampled_affine)
+    coarse, affine = _area_resample(mu, np.eye(4), (1.5, 4 / 3, 1.25))
+    assert coarse.shape == (17, 23, 28)
+    assert float(coarse.sum()) * 1.5 * (4 / 3) * 1.25 == pytest.approx(float(mu.sum()), rel=1e-5)
+    assert np.allclose(affine[:3, 3], [0.25, 1 / 6, 0.125])  # centres of the first blocks
 
 
 @pytest.mark.parametrize("mode, minimum", [("hq", 0.99), ("preview", 0.97)])

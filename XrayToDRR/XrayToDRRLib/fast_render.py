@@ -10,6 +10,7 @@ chord; everything is float32 and sampled with one `grid_sample` call per chunk o
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import SimpleITK as sitk
@@ -85,10 +86,42 @@ def _pool(mu_kji: torch.Tensor, affine: np.ndarray, factors_ijk) -> tuple[torch.
     return pooled, affine @ step
 
 
+def _area_resample(mu_kji: torch.Tensor, affine: np.ndarray, factors_ijk) -> tuple[torch.Tensor, np.ndarray]:
+    """Coarsen by fractional factors per axis (each made a ratio p/q of small integers): each new voxel is the
+    overlap-weighted mean of the old voxels it covers (a box filter of its own width), its centre where `_pool`
+    puts it; air pads the far edges. Every q new voxels cover p old ones with the same weights, so each axis is a
+    few strided multiply-adds (an index gather per tap took 5x as long on a 512^2 CT)."""
+    ratios = [Fraction(float(f)).limit_denominator(4) for f in factors_ijk]
+    # i, j, k are the tensor's last, middle, first axes: the last goes last, when the others have shrunk it
+    # (its blocks are strided within rows, the others' are whole rows).
+    for axis, ratio in ((1, ratios[1]), (0, ratios[2]), (2, ratios[0])):
+        p, q = ratio.numerator, ratio.denominator
+        if p == q:
+            continue
+        n = mu_kji.shape[axis]
+        blocks = math.ceil(n / p)
+        pad = [0, 0] * (2 - axis) + [0, blocks * p - n]
+        old = F.pad(mu_kji, pad).reshape(mu_kji.shape[:axis] + (blocks, p) + mu_kji.shape[axis + 1:])
+        new = old.new_zeros(mu_kji.shape[:axis] + (blocks, q) + mu_kji.shape[axis + 1:])
+        for r in range(q):  # new voxel r of a block covers old [r p / q, (r + 1) p / q)
+            lo, hi = Fraction(r * p, q), Fraction((r + 1) * p, q)
+            for t in range(math.floor(lo), math.ceil(hi)):
+                weight = float((min(hi, t + 1) - max(lo, t)) / (hi - lo))
+                new.select(axis + 1, r).add_(old.select(axis + 1, t), alpha=weight)
+        mu_kji = new.reshape(mu_kji.shape[:axis] + (blocks * q,) + mu_kji.shape[axis + 1:]).narrow(
+            axis, 0, math.ceil(n * q / p)).contiguous()
+    factors = np.array([float(r) for r in ratios])
+    step = np.eye(4)
+    step[:3, :3] = np.diag(factors)
+    step[:3, 3] = (factors - 1) / 2.0  # new voxel 0's centre = centre of the old block
+    return mu_kji, affine @ step
+
+
 class FastRenderer:
     """Render canonical poses of one volume: `render(poses, mode)` for images, `render_tensor` for gradients.
     `attenuation` (1/mm) and `mask` are (i, j, k) arrays like `volumes.array_ijk`; by default the CT's HU are
-    converted with `render.hu_to_mu`.
+    converted with `render.hu_to_mu`. The pyramid: `n_levels` levels at 2^n times the finest voxel and, with
+    `half_levels`, the levels at 1.5 x 2^n between them (sorted by voxel size; 30-45 % of the finest level's memory).
 
     Backends (`self.backend`, recorded in outputs' metadata): 'torch' samples with `grid_sample` (CPU and CUDA);
     'triton' is nanodrr's fused CUDA kernel (see fused_render); 'numba' compiled per-ray loops on the CPU (see
@@ -97,7 +130,7 @@ class FastRenderer:
 
     def __init__(self, volume: sitk.Image, mask: np.ndarray | None = None, device: str | torch.device = "auto",
                  attenuation: np.ndarray | None = None, n_levels: int = 5, chunk_samples: int = 2 ** 22,
-                 preview_budget: int = 2 ** 19, backend: str = "auto"):
+                 preview_budget: int = 2 ** 19, backend: str = "auto", half_levels: bool = True):
         self.device = pick_device(device)
         try:
             self.backend = fused_render.pick_backend(backend, self.device)
@@ -113,6 +146,7 @@ class FastRenderer:
         level = torch.from_numpy(np.ascontiguousarray(mu, dtype=np.float32)).to(self.device)
         self.levels = [_Level(level, affine)]
         finest = np.linalg.norm(affine[:3, :3], axis=0).min()
+        finest_level, finest_affine = level, affine
         for n in range(1, n_levels):
             # Each level doubles the finest voxel size; axes already that coarse are kept.
             current = np.linalg.norm(affine[:3, :3], axis=0)
@@ -121,6 +155,18 @@ class FastRenderer:
                 break
             level, affine = _pool(level, affine, factors)
             self.levels.append(_Level(level, affine))
+        # Between those, levels at 1.5 x 2^n the finest voxel: HQ takes the coarsest level within two pixel
+        # footprints, so with powers of two alone it traced up to twice the samples it needs (a 0.98 mm CT seen at
+        # 0.78 mm footprints took its original voxels); with these, at most 1.33 times.
+        level, affine, spacing = finest_level, finest_affine, np.linalg.norm(finest_affine[:3, :3], axis=0)
+        for n in range(n_levels - 1 if half_levels else 0):
+            current = np.linalg.norm(affine[:3, :3], axis=0)
+            factors = np.maximum(spacing, finest * 1.5 * 2 ** n) / current
+            if factors.max() < 1.01 or min(level.shape) < 4:
+                break
+            level, affine = _area_resample(level, affine, factors)
+            self.levels.append(_Level(level, affine))
+        self.levels.sort(key=lambda lvl: lvl.voxel)
         self.chunk_samples = chunk_samples  # 2^22 (a 48 MB grid): few thread sync points, costly on a loaded CPU
         self.preview_budget = preview_budget
         self._directions: tuple | None = None  # (detector, its unit ray directions): most calls reuse one detector
