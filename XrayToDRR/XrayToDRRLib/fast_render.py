@@ -289,6 +289,10 @@ class FastRenderer:
         values = torch.cat(out)
         return values.reshape(b, pose.height, pose.width)
 
+    def ray_directions(self, pose: Pose) -> torch.Tensor:
+        """(H*W, 3) unit ray directions of `pose`'s detector pixels in its camera frame, row-major."""
+        return self._camera_directions(pose)
+
     def _camera_directions(self, pose: Pose) -> torch.Tensor:
         detector = (pose.height, pose.width, pose.delx, pose.dely, pose.x0, pose.y0, pose.sdd)
         if self._directions is None or self._directions[0] != detector:

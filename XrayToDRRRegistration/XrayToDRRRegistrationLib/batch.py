@@ -65,6 +65,7 @@ class RegistrationOptions:
     max_n_plateaus: int = OptimizerSettings.max_n_plateaus
     finest_max_itrs: int = OptimizerSettings.finest_max_itrs
     depth_gain: float | None = OptimizerSettings.depth_gain
+    mask_cut_rays: bool = OptimizerSettings.mask_cut_rays
     renderer: str = "auto"
     init_only: bool = False
     save_images: bool = False

@@ -79,6 +79,9 @@ def register(
     depth_gain: Annotated[Optional[float], typer.Option(
         "--depth-gain", help="steps along the beam are this many times --lr-xyz (default: SDD / the detector's rms "
                              "radius, so depth moves the image as fast as the in-plane position)")] = _D.depth_gain,
+    mask_cut_rays: Annotated[bool, typer.Option(
+        "--mask-cut-rays/--keep-cut-rays", help="leave out of the similarity the pixels whose rays cross a face where "
+                                                "the CT cuts the body (anatomy the CT lacks)")] = _D.mask_cut_rays,
     search: Annotated[bool, typer.Option(
         "--search/--no-search", help="global pose search for --init-view/--init-dicom (off: the nominal pose as is)")
     ] = _D.search,
@@ -130,7 +133,7 @@ def register(
         crop=crop, subtract_background=subtract_background, linearize=linearize, collimator=collimator,
         similarity=similarity, scales=scales, lr_rot=lr_rot, lr_xyz=lr_xyz, patience=patience, threshold=threshold,
         max_n_itrs=_itrs(max_n_itrs), max_n_plateaus=max_n_plateaus, finest_max_itrs=finest_max_itrs,
-        depth_gain=depth_gain, renderer=renderer, init_only=init_only,
+        depth_gain=depth_gain, mask_cut_rays=mask_cut_rays, renderer=renderer, init_only=init_only,
         save_images=save_images, pattern=pattern, device=device, seed=seed, search=search,
         search_top_k=search_top_k, search_angle=search_angle, search_distance=search_distance,
         search_shift=search_shift, translate=str(translate) if translate else _D.translate)

@@ -13,6 +13,11 @@ measures, not of any CT; `bench/registration.py` reports how often the warning f
   differently (more than `DISTINCT_MM` apart on the detector), after both were refined: two different answers
   that explain the X-ray equally well (typically AP versus PA) mean either may be wrong. 1 without a search.
 
+The probe compares the whole exposed field, the rays that pass anatomy the CT lacks included (registration leaves
+those out, see XrayToDRRLib.truncation): measured on the bench's abdomen (2026-12-07 night), a probe without them
+scored a 24 mm failure 1.00, as it compares only what the wrong pose left in view; with them every failure there
+scored under 0.5, at the price of flagging successes on CTs much shorter than the X-ray's field.
+
 confidence = similarity x sharpness x margin factors; below `WARN_BELOW` the result carries a warning. The ramps
 ends are round numbers chosen after looking at four development cases (chest and pelvis, bench seed 0: three
 successes with sharpness 0.020-0.024, one failure at 0.012); the bench reports its flag rates on other seeds.

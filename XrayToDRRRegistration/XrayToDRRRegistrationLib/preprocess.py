@@ -27,10 +27,13 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from XrayToDRRLib.errors import InputError
+from XrayToDRRLib.fast_render import FastRenderer
 from XrayToDRRLib.pose import Pose
+from XrayToDRRLib.truncation import cut_rays
 from XrayToDRRLib.xray import Xray, read_xray, require_geometry
 
 COLLIMATOR_MODES = ("auto", "none")
+MIN_UNCUT_FRACTION = 0.1  # keep the cut rays when leaving them out would leave less than this of the field
 
 
 @dataclasses.dataclass
@@ -155,3 +158,19 @@ def stage_images(prepared: PreparedXray, height: int, width: int, device) -> tup
         m = F.interpolate(m, size=(height, width), mode="area") if (height, width) != m.shape[-2:] else m
         mask = (m > 0.999).float().to(device)
     return small.to(device), mask
+
+
+def without_cut_rays(renderer: FastRenderer, pose: Pose, level: int, mask, target: torch.Tensor):
+    """The stage's field mask less the pixels whose rays cross a cut face of the CT (dilated by a pixel: the
+    pose moves a little during the stage), at the stage's starting pose. When that would leave under
+    MIN_UNCUT_FRACTION of the field (a CT cut close around the anatomy, seen steeply), the field as it was.
+    Returns (mask, the fraction of the field left out)."""
+    cut = ndimage.binary_dilation(cut_rays(renderer, pose, level), iterations=1)
+    if not cut.any():
+        return mask, 0.0
+    kept = torch.as_tensor(~cut, dtype=target.dtype, device=target.device)[None, None]
+    field = torch.ones_like(target) if mask is None else mask
+    new = field * kept
+    if float(new.sum()) < MIN_UNCUT_FRACTION * float(field.sum()):
+        return mask, 0.0
+    return new, 1.0 - float(new.sum()) / float(field.sum())

@@ -1,0 +1,107 @@
+"""Rays that pass through anatomy the CT does not hold (truncation of the CT's scan range).
+
+A CT covers a slab of the patient; a radiograph sees more of them. Where the body touches a face of the CT
+volume, the scan cut it, and the patient goes on beyond: a ray that crosses that face inside the body, or passes
+the volume by beside it, went through anatomy that is in the X-ray and not in the DRR. No pose makes those pixels
+agree, and the similarity rewards lining up the slab's cut edges instead of the anatomy, so registration leaves
+them out (`register.OptimizerSettings.mask_cut_rays`). The body beyond a face is taken as the face's own
+cross-section continued (a prism): the simplest guess that errs on the side of leaving a pixel out.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import ndimage
+
+from .fast_render import AIR_MU, FastRenderer
+from .pose import Pose
+
+MAX_PIXELS = 64  # the mask is traced at most this finely: its edges are smooth bands, and it costs rays x samples
+MIN_BODY_FRACTION = 0.002  # a face with less body than this (a few noisy voxels, the couch's edge) does not count
+
+
+def cut_faces(level) -> list[tuple[int, int, np.ndarray]]:
+    """(axis in i/j/k order, voxel index of the face, 2D body mask of that boundary slice) for every face of a
+    fast_render pyramid level where the body touches the volume's edge. Cached on the level (its volume never
+    changes)."""
+    cached = getattr(level, "cut_faces", None)
+    if cached is not None:
+        return cached
+    mu = level.mu[0, 0].detach().cpu().numpy()  # (K, J, I), padded by one voxel of air: the CT's faces are 1, n-2
+    faces = []
+    for axis_kji in range(3):
+        n = mu.shape[axis_kji]
+        for index in (1, n - 2):
+            body = np.take(mu, index, axis=axis_kji) > AIR_MU  # rows, cols: the other two axes, k before j before i
+            if body.mean() > MIN_BODY_FRACTION:
+                faces.append((2 - axis_kji, index, body))
+    level.cut_faces = faces
+    return faces
+
+
+def cut_rays(renderer: FastRenderer, pose: Pose, level: int = 0, max_pixels: int = MAX_PIXELS,
+             samples_per_voxel: float = 2.0) -> np.ndarray:
+    """(H, W) bool: the pixels of `pose` whose rays pass through the body beyond a cut face of the CT, the body
+    there taken as the face's cross-section continued (a prism): the rays that cross the face inside the body and
+    the ones that pass the CT by, beside the face, where the patient goes on. A detector larger than `max_pixels`
+    a side is traced on a coarser grid, each coarse pixel's verdict widened by one coarse pixel (conservative)."""
+    factor = math.ceil(max(pose.height, pose.width) / max_pixels)
+    if factor > 1:
+        coarse = pose.with_detector(height=math.ceil(pose.height / factor), width=math.ceil(pose.width / factor))
+        cut = ndimage.binary_dilation(cut_rays(renderer, coarse, level, max_pixels, samples_per_voxel))
+        rows = np.minimum((np.arange(pose.height) + 0.5) * coarse.height / pose.height, coarse.height - 1)
+        cols = np.minimum((np.arange(pose.width) + 0.5) * coarse.width / pose.width, coarse.width - 1)
+        return cut[rows.astype(int)[:, None], cols.astype(int)[None, :]]
+    lvl = renderer.levels[level]
+    hit_any = np.zeros(pose.height * pose.width, bool)
+    faces = cut_faces(lvl)
+    if not faces:
+        return hit_any.reshape(pose.height, pose.width)
+    voxel_from_camera = np.linalg.inv(lvl.affine) @ pose.world_from_camera
+    directions = renderer.ray_directions(pose).cpu().numpy().astype(np.float64) @ voxel_from_camera[:3, :3].T
+    origin = voxel_from_camera[:3, 3]
+    for axis, index, body in faces:
+        cols_axis, rows_axis = [a for a in range(3) if a != axis]       # body's rows: the higher i/j/k axis
+        side = 1.0 if index > 1 else -1.0                                # beyond the face: side * (x - index) > 0
+        near, far = _beyond(origin[axis], directions[:, axis], index, side)
+        for a, n in ((rows_axis, body.shape[0]), (cols_axis, body.shape[1])):  # within the face's rectangle
+            lo, hi = _slab(origin[a], directions[:, a], -0.5, n - 0.5)
+            near, far = np.maximum(near, lo), np.minimum(far, hi)
+        todo = np.flatnonzero(far > near)
+        if todo.size == 0:
+            continue
+        # Samples along each ray's stretch over the face: at most 1 / samples_per_voxel voxels apart in the face.
+        step = np.hypot(directions[todo, rows_axis], directions[todo, cols_axis]) * (far[todo] - near[todo])
+        count = max(2, int(np.ceil(step.max() * samples_per_voxel)))
+        t = near[todo, None] + (far[todo] - near[todo])[:, None] * (np.arange(count) + 0.5) / count
+        rows = np.clip(np.rint(origin[rows_axis] + t * directions[todo, rows_axis, None]), 0, body.shape[0] - 1)
+        cols = np.clip(np.rint(origin[cols_axis] + t * directions[todo, cols_axis, None]), 0, body.shape[1] - 1)
+        hit_any[todo] |= body[rows.astype(np.int64), cols.astype(np.int64)].any(1)
+    return hit_any.reshape(pose.height, pose.width)
+
+
+def _beyond(o: float, d: np.ndarray, index: float, side: float) -> tuple[np.ndarray, np.ndarray]:
+    """The parameter range (after the source, t > 0) of each ray where side * (o + t d - index) > 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cross = (index - o) / d
+    toward = side * d > 0
+    near = np.where(toward, cross, 0.0)
+    far = np.where(toward, np.inf, cross)
+    parallel = d == 0
+    inside = side * (o - index) > 0
+    near = np.where(parallel, 0.0, np.maximum(near, 0.0))
+    far = np.where(parallel, np.where(inside, np.inf, -np.inf), far)
+    return near, far
+
+
+def _slab(o: float, d: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
+    """The parameter range of each ray where lo < o + t d < hi."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a, b = (lo - o) / d, (hi - o) / d
+    parallel = d == 0
+    inside = (lo < o) & (o < hi)
+    near = np.where(parallel, np.where(inside, -np.inf, np.inf), np.minimum(a, b))
+    far = np.where(parallel, np.where(inside, np.inf, -np.inf), np.maximum(a, b))
+    return near, far
