@@ -67,8 +67,13 @@ def bench_cts(chest_path: Path, ct_dir: Path | None) -> tuple[list[dict], list[s
         image = sitk.ReadImage(str(ts))
         z_up = image.TransformContinuousIndexToPhysicalPoint((0, 0, 1))[2] > image.GetOrigin()[2]  # LPS z: superior
         upper, lower = ((0.45, 1.0), (0.0, 0.45)) if z_up else ((0.0, 0.55), (0.55, 1.0))
-        cts.append({"name": "abdomen", "image": _crop_z(image, *upper), "source": TOTALSEG_SOURCE + ", upper 55 %"})
-        cts.append({"name": "pelvis", "image": _crop_z(image, *lower), "source": TOTALSEG_SOURCE + ", lower 45 %"})
+        # The X-rays see the whole patient (the whole CT), the registration only the region's slab of it: the
+        # anatomy beyond the slab is in the radiograph and not in the CT, as in a clinic (the CT's scan range is
+        # tight, the radiograph's field is not).
+        cts.append({"name": "abdomen", "image": _crop_z(image, *upper), "patient": image,
+                    "source": TOTALSEG_SOURCE + ", upper 55 %; X-rays of the whole CT"})
+        cts.append({"name": "pelvis", "image": _crop_z(image, *lower), "patient": image,
+                    "source": TOTALSEG_SOURCE + ", lower 45 %; X-rays of the whole CT"})
     else:
         skipped.append(f"abdomen and pelvis skipped: {TOTALSEG_FILE} not found in --ct-dir "
                        f"({ct_dir or 'not given'}); see bench/clinician.py for where it comes from")
@@ -80,7 +85,9 @@ def bench_cts(chest_path: Path, ct_dir: Path | None) -> tuple[list[dict], list[s
     return cts, skipped
 
 
-def make_cases(ct: sitk.Image, n: int, seed: int, folder: Path, exposure: str = "aec") -> list[dict]:
+def make_cases(ct: sitk.Image, n: int, seed: int, folder: Path, exposure: str = "aec",
+               patient: sitk.Image | None = None) -> list[dict]:
+    """`n` cases about the centre of `ct`, their X-rays simulated from `patient` (default: `ct` itself)."""
     c = center_ras(ct)
     rng = np.random.default_rng(seed)
     cases = []
@@ -92,21 +99,22 @@ def make_cases(ct: sitk.Image, n: int, seed: int, folder: Path, exposure: str = 
         nominal = standard_view(view, c, SDD, SIZE, SIZE, FOV / SIZE, source_to_isocenter=distance)
         m = camera(nominal, c, tuple(rng.uniform(-15, 15, 2)), float(rng.uniform(-15, 15)), distance, tuple(offset))
         true = dataclasses.replace(nominal, world_from_camera=m)
-        xray, _ = write_simulated_xray(ct, true, folder / f"case{k:02d}.dcm", seed=seed * 1000 + k,
-                                       exposure=exposure)
+        xray, _ = write_simulated_xray(ct if patient is None else patient, true, folder / f"case{k:02d}.dcm",
+                                       seed=seed * 1000 + k, exposure=exposure)
         cases.append({"k": k, "view": view, "true": true, "xray": xray, "distance": distance,
                       "offset": float(np.linalg.norm(offset))})
     return cases
 
 
-def run(ct_path: Path, cases: list[dict], folder: Path, device: str, tag: str) -> list[dict]:
-    """Session.register from `--init-view VIEW` (the search) with the verb's defaults, timed per call."""
+def run(ct_path: Path, cases: list[dict], folder: Path, device: str, tag: str, **options) -> list[dict]:
+    """Session.register from `--init-view VIEW` (the search) with the verb's defaults (or `options`, fields of
+    RegistrationOptions), timed per call."""
     session = None
     rows = []
     for case in cases:
         init = Initializer("view", case["view"])
         if session is None:
-            session = Session(RegistrationOptions(volume=str(ct_path), device=device), init)
+            session = Session(RegistrationOptions(volume=str(ct_path), device=device, **options), init)
             _ = session.fast  # the pyramid, once per CT (as in the other rows)
         session.init = init
         out = folder / f"{tag}{case['k']:02d}"

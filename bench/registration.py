@@ -491,7 +491,8 @@ def run_clinician(chest_path: Path, args, folder: Path, device: str) -> list[dic
         sub.mkdir()
         path = sub / "ct.nii.gz"
         sitk.WriteImage(ct["image"], str(path))
-        cases = clinician.make_cases(ct["image"], args.clinician_n, args.seed + 1, sub, args.exposure)
+        cases = clinician.make_cases(ct["image"], args.clinician_n, args.seed + 1, sub, args.exposure,
+                                     ct.get("patient"))
         rows = clinician.run(path, cases, sub, device, "c")
         points, center = bone_points(ct["image"]), center_ras(ct["image"])
         for c, r in zip(cases, rows):
