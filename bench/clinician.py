@@ -10,7 +10,8 @@ CTs (each with where it came from; a CT that is absent is skipped and the run sa
   `git show 0effae9d:tests/reference_files/example_ct.nii.gz > DIR/totalsegmentator_example_ct.nii.gz`.
   It spans the lower chest to the proximal femurs (3 mm voxels); the bench takes two regions of it: the abdomen
   (its upper 55 %: lumbar spine, lower ribs) and the pelvis (its lower 45 %: sacrum, hips, femoral heads). They are
-  one patient's two regions, not two patients: the note in bench/README.md says so.
+  one patient's two regions, not two patients: the note in bench/README.md says so. Their X-rays are simulated
+  from the whole CT and registered to the region alone: the radiograph sees anatomy beyond the CT's scan range.
 - any further CT file in `--ct-dir` (`.nii.gz`, `.nii`, `.nrrd`, `.mha`), whole, named after its file: e.g. a
   second patient's chest, the ITKElastix example thorax (repository InsightSoftwareConsortium/ITKElastix at commit
   787db6d1, `examples/data/00/`, 141 DICOM slices read as one series; repository under Apache-2.0, no separate
