@@ -349,7 +349,8 @@ class Session:
         scales = resolve_scales(o.scales, prep.detector)
         final = with_camera(prep.detector, traj.final)
         progress.update(0.88, "assessing the result")
-        confidence = assess(self.fast, prep, final, self.center, o.similarity, candidates)
+        beyond = traj.stage_info[-1].get("cut_rays_left_out", 0.0) if traj.stage_info else 0.0
+        confidence = assess(self.fast, prep, final, self.center, o.similarity, candidates, beyond)
         clock("confidence")
         progress.update(0.9, "rendering the final DRRs")
         init_img = self.fast.render(init, "preview")

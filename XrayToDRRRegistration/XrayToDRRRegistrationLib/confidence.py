@@ -46,6 +46,7 @@ SHARPNESS_RAMP = (0.005, 0.02)
 MARGIN_RAMP = (0.0, 0.01)
 DISTINCT_MM = 10.0
 WARN_BELOW = 0.5
+BEYOND_CT_NOTE = 0.2  # a warning says how much of the X-ray lies beyond the CT's scan range from this share on
 
 
 def _ramp(value: float, lo_hi: tuple[float, float]) -> float:
@@ -94,9 +95,10 @@ def probe(renderer: FastRenderer, prepared: PreparedXray, pose: Pose, center, si
 
 
 def assess(renderer: FastRenderer, prepared: PreparedXray, pose: Pose, center, similarity: str,
-           candidates: list | None = None) -> dict:
+           candidates: list | None = None, beyond_ct: float = 0.0) -> dict:
     """The confidence of a registration ending at `pose` (candidates: the search's refined candidates, best
-    first, each with `refined_pose` and `refined_score`)."""
+    first, each with `refined_pose` and `refined_score`; `beyond_ct`: the share of the field whose rays pass
+    anatomy beyond the CT's scan range, which the warning names)."""
     score, drops = probe(renderer, prepared, pose, center, similarity)
     sharpness = float(np.median(drops))
     margin, runner_up = None, None
@@ -112,11 +114,12 @@ def assess(renderer: FastRenderer, prepared: PreparedXray, pose: Pose, center, s
     result = {"confidence": round(confidence, 4), "similarity": round(score, 5), "sharpness": round(sharpness, 5),
               "drops": [round(d, 5) for d in drops], "margin": None if margin is None else round(margin, 5),
               "runner_up": None if runner_up is None else runner_up.view, "factors":
-              {k: round(v, 4) for k, v in factors.items()}, "warning": warning(confidence, factors)}
+              {k: round(v, 4) for k, v in factors.items()}, "beyond_ct": round(float(beyond_ct), 3),
+              "warning": warning(confidence, factors, beyond_ct)}
     return result
 
 
-def warning(confidence: float, factors: dict) -> str:
+def warning(confidence: float, factors: dict, beyond_ct: float = 0.0) -> str:
     """A sentence saying why the result is probably wrong ("" when it is trusted)."""
     if confidence >= WARN_BELOW:
         return ""
@@ -124,5 +127,7 @@ def warning(confidence: float, factors: dict) -> str:
                "sharpness": "the similarity barely changes around the pose (no well-defined optimum)",
                "margin": "another, different pose explains the X-ray about as well (e.g. AP versus PA)"}
     weakest = min(factors, key=factors.get)
-    return (f"low confidence {confidence:.2f}: {reasons[weakest]}; review the pose before using it "
+    beyond = (f"; {beyond_ct:.0%} of the X-ray shows the patient beyond the CT's scan range, which no DRR of this CT "
+              f"can match (a CT covering more of the field would help)") if beyond_ct >= BEYOND_CT_NOTE else ""
+    return (f"low confidence {confidence:.2f}: {reasons[weakest]}{beyond}; review the pose before using it "
             f"(e.g. pick another candidate, or initialise from landmarks)")
