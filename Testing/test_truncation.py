@@ -84,7 +84,7 @@ def test_a_slab_of_the_ct_registers_to_an_xray_of_the_whole_patient(tmp_path, sm
         final = dataclasses.replace(truth, world_from_camera=traj.final)
         errors[mask_cut_rays] = pose_errors(truth, final, points, center)["mtre_mm"]
         left_out = [s["cut_rays_left_out"] for s in traj.stage_info]
-        assert all(0.1 < f < 0.5 for f in left_out) if mask_cut_rays else left_out == [0.0, 0.0, 0.0]
+        assert all(0.1 < f < 0.5 for f in left_out) if mask_cut_rays else left_out == [0.0, 0.0, 0.0], left_out
     assert errors[True] < 1.5 and errors[False] > 3 * errors[True], errors
 
 
@@ -96,3 +96,4 @@ def test_a_warning_says_how_much_of_the_xray_lies_beyond_the_ct():
     assert "beyond the CT's scan range" in text and "45%" in text
     assert "scan range" not in warning(0.2, factors, beyond_ct=0.05)
     assert warning(0.9, factors, beyond_ct=0.45) == ""  # a trusted result carries no warning at all
+

@@ -55,6 +55,7 @@ class _Level:
         box = np.stack([self.lo, self.hi]) * 2.0 / np.maximum(self.shape - 1, 1) - 1.0
         self.box = torch.as_tensor(box, dtype=torch.float32, device=mu_kji.device)
         self.fused = None  # the level as the triton backend reads it, made on first use
+        self.half = False  # a level at 1.5 x 2^n the finest voxel (FastRenderer's half_levels)
 
 
 def _occupied_range(occupied_kji: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -166,6 +167,7 @@ class FastRenderer:
                 break
             level, affine = _area_resample(level, affine, factors)
             self.levels.append(_Level(level, affine))
+            self.levels[-1].half = True
         self.levels.sort(key=lambda lvl: lvl.voxel)
         self.chunk_samples = chunk_samples  # 2^22 (a 48 MB grid): few thread sync points, costly on a loaded CPU
         self.preview_budget = preview_budget
@@ -179,8 +181,9 @@ class FastRenderer:
         depth = max(float(pose.depth(middle[:3])[0]), 1e-3)
         return min(pose.delx, pose.dely) * depth / pose.sdd
 
-    def plan(self, pose: Pose, mode: str = "preview") -> tuple[int, int]:
-        """(level, ray stride), decided from the detector pixel footprint at the volume, never from the CT itself.
+    def plan(self, pose: Pose, mode: str = "preview", half_levels: bool = True) -> tuple[int, int]:
+        """(level, ray stride), decided from the detector pixel footprint at the volume, never from the CT itself;
+        `half_levels=False` chooses among the power-of-two levels alone.
 
         full: the original voxels, every pixel traced. hq: the coarsest level whose (box-filtered) voxels are no
         larger than two pixel footprints, i.e. all the detail the detector can sample (its Nyquist limit), every
@@ -192,7 +195,8 @@ class FastRenderer:
         if mode == "full":
             return 0, 1
         if mode == "hq":
-            fits = [n for n, lvl in enumerate(self.levels) if lvl.voxel <= 2.0 * fp * 1.01]
+            fits = [n for n, lvl in enumerate(self.levels)
+                    if lvl.voxel <= 2.0 * fp * 1.01 and (half_levels or not lvl.half)]
             return (max(fits) if fits else 0), 1
         for n, lvl in enumerate(self.levels):
             stride = max(1, int(lvl.voxel / fp))

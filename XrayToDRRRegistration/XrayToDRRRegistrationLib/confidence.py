@@ -64,7 +64,7 @@ def projection_distance(a: Pose, b: Pose, center, radius: float = 100.0) -> floa
 
 def probe(renderer: FastRenderer, prepared: PreparedXray, pose: Pose, center, similarity: str) -> tuple[float, list]:
     """(similarity at `pose`, drop per probed degree of freedom) at about PROBE_PIXELS along the longer side."""
-    from .register import corrected
+    from .register import STAGE_HALF_LEVELS, corrected
 
     small, target, mask = downsampled(prepared, PROBE_PIXELS, renderer.device)
     start = torch.as_tensor(pose.world_from_camera, dtype=torch.float64)
@@ -82,7 +82,8 @@ def probe(renderer: FastRenderer, prepared: PreparedXray, pose: Pose, center, si
             t[axis] = sign * PROBE_SHIFT_MM
             moves.append((zero, t))
     mats = torch.stack([corrected(start, c, w, t) for w, t in moves]).float().to(renderer.device)
-    level, _ = renderer.plan(dataclasses.replace(small, world_from_camera=pose.world_from_camera), "hq")
+    level, _ = renderer.plan(dataclasses.replace(small, world_from_camera=pose.world_from_camera), "hq",
+                             STAGE_HALF_LEVELS)
     with torch.no_grad():
         drrs = renderer.render_tensor(mats, small, level)[:, None]
         n = drrs.shape[0]

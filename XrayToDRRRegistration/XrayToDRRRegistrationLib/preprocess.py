@@ -160,12 +160,14 @@ def stage_images(prepared: PreparedXray, height: int, width: int, device) -> tup
     return small.to(device), mask
 
 
-def without_cut_rays(renderer: FastRenderer, pose: Pose, level: int, mask, target: torch.Tensor):
-    """The stage's field mask less the pixels whose rays cross a cut face of the CT (dilated by a pixel: the
-    pose moves a little during the stage), at the stage's starting pose. When that would leave under
+def without_cut_rays(renderer: FastRenderer, pose: Pose, level: int, mask, target: torch.Tensor,
+                     dilate: bool = True):
+    """The stage's field mask less the pixels whose rays cross a cut face of the CT (with `dilate`, widened by a
+    pixel: the pose moves a little during the stage), at the stage's starting pose. When that would leave under
     MIN_UNCUT_FRACTION of the field (a CT cut close around the anatomy, seen steeply), the field as it was.
     Returns (mask, the fraction of the field left out)."""
-    cut = ndimage.binary_dilation(cut_rays(renderer, pose, level), iterations=1)
+    cut = cut_rays(renderer, pose, level)
+    cut = ndimage.binary_dilation(cut, iterations=1) if dilate else cut
     if not cut.any():
         return mask, 0.0
     kept = torch.as_tensor(~cut, dtype=target.dtype, device=target.device)[None, None]

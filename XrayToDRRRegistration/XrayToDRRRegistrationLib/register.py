@@ -7,7 +7,7 @@ from the best pose so far with (w, t) = 0.
 
 Stages (`scales`): the detector downsampled by each factor in turn (same field of view), the X-ray area-averaged to
 that size, the DRR rendered by `FastRenderer.render_tensor` at the level `FastRenderer.plan(stage detector, "hq")`
-picks (the coarsest pyramid level that still holds the detail the stage's pixels can sample). "auto" picks
+picks among the power-of-two levels (the coarsest that still holds the detail the stage's pixels can sample). "auto" picks
 factors that give about 32, 64, 128 and 256 pixels along the longer side (never upsampling): the content of each stage
 is then the same whatever the X-ray's resolution, and a CPU iteration stays well under a second.
 
@@ -49,6 +49,12 @@ from .preprocess import PreparedXray, stage_detector, stage_images, without_cut_
 AUTO_STAGE_PIXELS = (32, 64, 128, 256)
 STOP_REASONS = ("converged", "max_itrs", "nan", "init_only")
 ONE_THREAD_MAX_PIXELS = 128 * 128
+# The stages trace the power-of-two pyramid levels only: the half levels (1.2 x coarser on average) cost the
+# two-view and rotational-run tests 8-45 % of their accuracy margins and gained no time (bench/README, 12-07 night).
+STAGE_HALF_LEVELS = False
+# Below this many pixels a side a stage's cut rays are not widened by a pixel: a pixel there is a 32nd of the field,
+# and widening them ran a 48-px X-ray's candidates 30-110 mm off (bench/README, 12-07 night).
+DILATE_CUT_MIN_PIXELS = 64
 
 
 @dataclasses.dataclass
@@ -333,12 +339,13 @@ def _stage_view(renderer: FastRenderer, prepared: PreparedXray, init: Pose, best
     detector = stage_detector(dataclasses.replace(prepared.detector, world_from_camera=world_from_camera),
                               max(1.0, scale))
     now = best if offset is None else best @ offset
-    level, _ = renderer.plan(dataclasses.replace(detector, world_from_camera=now.cpu().numpy()), "hq")
+    at_now = dataclasses.replace(detector, world_from_camera=now.cpu().numpy())
+    level, _ = renderer.plan(at_now, "hq", STAGE_HALF_LEVELS)
     target, mask = stage_images(prepared, detector.height, detector.width, device=renderer.device)
     left_out = 0.0
     if mask_cut_rays:
-        mask, left_out = without_cut_rays(renderer, dataclasses.replace(detector, world_from_camera=now.cpu().numpy()),
-                                          level, mask, target)
+        mask, left_out = without_cut_rays(renderer, at_now, level, mask, target,
+                                          max(detector.height, detector.width) >= DILATE_CUT_MIN_PIXELS)
     return detector, level, target, mask, offset, left_out
 
 
