@@ -80,8 +80,9 @@ def register(
         "--depth-gain", help="steps along the beam are this many times --lr-xyz (default: SDD / the detector's rms "
                              "radius, so depth moves the image as fast as the in-plane position)")] = _D.depth_gain,
     mask_cut_rays: Annotated[bool, typer.Option(
-        "--mask-cut-rays/--keep-cut-rays", help="leave out of the similarity the pixels whose rays cross a face where "
-                                                "the CT cuts the body (anatomy the CT lacks)")] = _D.mask_cut_rays,
+        "--mask-cut-rays/--keep-cut-rays", help="leave out of the similarity the pixels whose rays pass the body "
+                                                "beyond a face where the CT cuts it (anatomy the CT lacks)")
+    ] = _D.mask_cut_rays,
     search: Annotated[bool, typer.Option(
         "--search/--no-search", help="global pose search for --init-view/--init-dicom (off: the nominal pose as is)")
     ] = _D.search,

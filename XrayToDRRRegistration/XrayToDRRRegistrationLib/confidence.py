@@ -15,8 +15,8 @@ measures, not of any CT; `bench/registration.py` reports how often the warning f
 
 The probe compares the whole exposed field, the rays that pass anatomy the CT lacks included (registration leaves
 those out, see XrayToDRRLib.truncation): measured on the bench's abdomen (2026-12-07 night), a probe without them
-scored a 24 mm failure 1.00, as it compares only what the wrong pose left in view; with them every failure there
-scored under 0.5, at the price of flagging successes on CTs much shorter than the X-ray's field.
+scored a 24 mm failure 1.00, as it compares only what the wrong pose left in view; with them it scores 0.13, at
+the price of flagging successes on CTs much shorter than the X-ray's field (4 of 5 there).
 
 confidence = similarity x sharpness x margin factors; below `WARN_BELOW` the result carries a warning. The ramps
 ends are round numbers chosen after looking at four development cases (chest and pelvis, bench seed 0: three
