@@ -56,6 +56,7 @@ class _Level:
         self.box = torch.as_tensor(box, dtype=torch.float32, device=mu_kji.device)
         self.fused = None  # the level as the triton backend reads it, made on first use
         self.half = False  # a level at 1.5 x 2^n the finest voxel (FastRenderer's half_levels)
+        self.cut_faces = None  # truncation.cut_faces of this level, made on first use
 
 
 def _occupied_range(occupied_kji: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

@@ -26,9 +26,8 @@ def cut_faces(level) -> list[tuple[int, int, np.ndarray]]:
     """(axis in i/j/k order, voxel index of the face, 2D body mask of that boundary slice) for every face of a
     fast_render pyramid level where the body touches the volume's edge. Cached on the level (its volume never
     changes)."""
-    cached = getattr(level, "cut_faces", None)
-    if cached is not None:
-        return cached
+    if level.cut_faces is not None:
+        return level.cut_faces
     mu = level.mu[0, 0].detach().cpu().numpy()  # (K, J, I), padded by one voxel of air: the CT's faces are 1, n-2
     faces = []
     for axis_kji in range(3):
@@ -64,8 +63,9 @@ def cut_rays(renderer: FastRenderer, pose: Pose, level: int = 0, max_pixels: int
     origin = voxel_from_camera[:3, 3]
     for axis, index, body in faces:
         cols_axis, rows_axis = [a for a in range(3) if a != axis]       # body's rows: the higher i/j/k axis
-        side = 1.0 if index > 1 else -1.0                                # beyond the face: side * (x - index) > 0
-        near, far = _beyond(origin[axis], directions[:, axis], index, side)
+        beyond = (index, np.inf) if index > 1 else (-np.inf, index)      # the half-space past the face
+        near, far = _slab(origin[axis], directions[:, axis], *beyond)
+        near = np.maximum(near, 0.0)                                     # after the source
         for a, n in ((rows_axis, body.shape[0]), (cols_axis, body.shape[1])):  # within the face's rectangle
             lo, hi = _slab(origin[a], directions[:, a], -0.5, n - 0.5)
             near, far = np.maximum(near, lo), np.minimum(far, hi)
@@ -80,20 +80,6 @@ def cut_rays(renderer: FastRenderer, pose: Pose, level: int = 0, max_pixels: int
         cols = np.clip(np.rint(origin[cols_axis] + t * directions[todo, cols_axis, None]), 0, body.shape[1] - 1)
         hit_any[todo] |= body[rows.astype(np.int64), cols.astype(np.int64)].any(1)
     return hit_any.reshape(pose.height, pose.width)
-
-
-def _beyond(o: float, d: np.ndarray, index: float, side: float) -> tuple[np.ndarray, np.ndarray]:
-    """The parameter range (after the source, t > 0) of each ray where side * (o + t d - index) > 0."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        cross = (index - o) / d
-    toward = side * d > 0
-    near = np.where(toward, cross, 0.0)
-    far = np.where(toward, np.inf, cross)
-    parallel = d == 0
-    inside = side * (o - index) > 0
-    near = np.where(parallel, 0.0, np.maximum(near, 0.0))
-    far = np.where(parallel, np.where(inside, np.inf, -np.inf), far)
-    return near, far
 
 
 def _slab(o: float, d: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
