@@ -5,12 +5,13 @@ import dataclasses
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 from conftest import phantom
 
 from XrayToDRRLib.fast_render import FastRenderer
 from XrayToDRRLib.pose import standard_view
-from XrayToDRRLib.truncation import cut_rays
+from XrayToDRRLib.truncation import continued, cut_faces, cut_rays
 from XrayToDRRLib.volumes import center_ras
 from XrayToDRRRegistrationLib.preprocess import MIN_UNCUT_FRACTION, without_cut_rays
 
@@ -97,3 +98,49 @@ def test_a_warning_says_how_much_of_the_xray_lies_beyond_the_ct():
     assert "scan range" not in warning(0.2, factors, beyond_ct=0.05)
     assert warning(0.9, factors, beyond_ct=0.45) == ""  # a trusted result carries no warning at all
 
+
+
+def _rod_phantom(slices: int, width_fraction: float = 0.8) -> sitk.Image:
+    """A body the same in every axial slice (an elliptic water cylinder with a bone rod along z), `slices` long:
+    the prism that `continued` assumes, so a slab of it continued is the whole of it."""
+    size = (40, 44, slices)
+    j, i = np.meshgrid(np.linspace(-1, 1, size[1]), np.linspace(-1, 1, size[0]), indexing="ij")
+    section = np.full(size[1::-1], -1000.0, np.float32)
+    section[(i / width_fraction) ** 2 + (j / 0.8) ** 2 < 1] = 40.0
+    section[((i - 0.2) / 0.15) ** 2 + (j / 0.15) ** 2 < 1] = 1200.0
+    img = sitk.GetImageFromArray(np.repeat(section[None], slices, 0))
+    img.SetSpacing((2.0, 2.0, 2.5))
+    img.SetOrigin((-40.0, -44.0, -2.5 * slices / 2))
+    return img
+
+
+@pytest.mark.parametrize("level", [0, 1])
+def test_a_slab_continued_past_its_cut_faces_renders_as_the_whole_body(level):
+    whole = _rod_phantom(60)
+    slab = whole[:, :, 19:40]  # 21 slices: at the coarser level the far block is half air
+    fast_whole, fast_slab = FastRenderer(whole, device="cpu"), FastRenderer(slab, device="cpu")
+    extended = continued(fast_slab, 200.0, [level])
+    assert extended.levels[level] is not fast_slab.levels[level]
+    assert all(a is b for n, (a, b) in enumerate(zip(extended.levels, fast_slab.levels)) if n != level)
+    for view in ("ap", "lateral"):
+        # A 96 mm field at the centre: past the 52 mm slab, within the 150 mm body.
+        pose = standard_view(view, center_ras(slab), 600.0, 64, 64, 3.0, source_to_isocenter=300.0)
+        m = torch.as_tensor(pose.world_from_camera[None], dtype=torch.float32)
+        with torch.no_grad():
+            truth = fast_whole.render_tensor(m, pose, level)[0].numpy()
+            cut_short = fast_slab.render_tensor(m, pose, level)[0].numpy()
+            guess = extended.render_tensor(m, pose, level)[0].numpy()
+        scale = float(truth.max())
+        assert np.abs(cut_short - truth).max() > 0.5 * scale          # the slab alone lacks half the field
+        assert np.abs(guess - truth).max() < 0.03 * scale, (view, np.abs(guess - truth).max() / scale)
+
+
+def test_only_the_faces_across_the_long_axis_count_as_cut():
+    body = _rod_phantom(60, width_fraction=1.2)[:, :, 19:40]  # cut at both z faces and both sides in x
+    fast = FastRenderer(body, device="cpu")
+    assert {axis for axis, _, _ in cut_faces(fast.levels[0])} == {2}   # the sides do not count as cuts
+    extended = continued(fast, 100.0, [0])
+    before, after = fast.levels[0].shape, extended.levels[0].shape
+    assert after[0] == before[0] and after[1] == before[1]            # the sides: the body does not go on
+    assert after[2] == before[2] + 2 * 40                             # 100 mm / 2.5 mm past each z face
+    assert fast.levels[0].shape[2] == before[2]                       # the renderer itself is untouched

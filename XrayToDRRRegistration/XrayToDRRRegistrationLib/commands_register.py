@@ -80,8 +80,10 @@ def register(
         "--depth-gain", help="steps along the beam are this many times --lr-xyz (default: SDD / the detector's rms "
                              "radius, so depth moves the image as fast as the in-plane position)")] = _D.depth_gain,
     mask_cut_rays: Annotated[bool, typer.Option(
-        "--mask-cut-rays/--keep-cut-rays", help="leave out of the similarity the pixels whose rays pass the body "
-                                                "beyond a face where the CT cuts it (anatomy the CT lacks)")
+        "--mask-cut-rays/--keep-cut-rays", help="the X-ray may see the patient past the CT's scan range: leave "
+                                                "those pixels out of the similarity, and search, rank candidates "
+                                                "and assess with the body continued past the CT's ends "
+                                                "(--keep-cut-rays: the CT is the whole patient)")
     ] = _D.mask_cut_rays,
     search: Annotated[bool, typer.Option(
         "--search/--no-search", help="global pose search for --init-view/--init-dicom (off: the nominal pose as is)")

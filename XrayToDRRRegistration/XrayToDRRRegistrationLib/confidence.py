@@ -14,9 +14,10 @@ measures, not of any CT; `bench/registration.py` reports how often the warning f
   that explain the X-ray equally well (typically AP versus PA) mean either may be wrong. 1 without a search.
 
 The probe compares the whole exposed field, the rays that pass anatomy the CT lacks included (registration leaves
-those out, see XrayToDRRLib.truncation): measured on the bench's abdomen (2026-12-07 night), a probe without them
-scored a 24 mm failure 1.00, as it compares only what the wrong pose left in view; with them it scores 0.13, at
-the price of flagging successes on CTs much shorter than the X-ray's field (4 of 5 there).
+those out, see XrayToDRRLib.truncation), against the CT with the body continued past its scan range's ends
+(`truncation.continued`). A probe without those rays scored a 24 mm abdomen failure 1.00 (it compares only what
+the wrong pose left in view; bench, 2026-12-07 night); against the CT alone (air past its ends) it flagged 4 of 5
+abdomen successes, whose X-rays show the patient beyond the CT.
 
 confidence = similarity x sharpness x margin factors; below `WARN_BELOW` the result carries a warning. The ramps
 ends are round numbers chosen after looking at four development cases (chest and pelvis, bench seed 0: three
@@ -33,6 +34,7 @@ import torch
 
 from XrayToDRRLib.fast_render import FastRenderer
 from XrayToDRRLib.pose import Pose
+from XrayToDRRLib.truncation import continued, field_width
 
 from . import similarity as sim
 from .preprocess import PreparedXray, downsampled
@@ -62,8 +64,10 @@ def projection_distance(a: Pose, b: Pose, center, radius: float = 100.0) -> floa
     return float(np.linalg.norm((pa - pb) * [a.delx, a.dely], axis=1).mean())
 
 
-def probe(renderer: FastRenderer, prepared: PreparedXray, pose: Pose, center, similarity: str) -> tuple[float, list]:
-    """(similarity at `pose`, drop per probed degree of freedom) at about PROBE_PIXELS along the longer side."""
+def probe(renderer: FastRenderer, prepared: PreparedXray, pose: Pose, center, similarity: str,
+          continue_cut_faces: bool = True) -> tuple[float, list]:
+    """(similarity at `pose`, drop per probed degree of freedom) at about PROBE_PIXELS along the longer side; with
+    `continue_cut_faces`, against the CT with the body continued past its cut faces (see the module's note)."""
     from .register import STAGE_HALF_LEVELS, corrected
 
     small, target, mask = downsampled(prepared, PROBE_PIXELS, renderer.device)
@@ -82,8 +86,10 @@ def probe(renderer: FastRenderer, prepared: PreparedXray, pose: Pose, center, si
             t[axis] = sign * PROBE_SHIFT_MM
             moves.append((zero, t))
     mats = torch.stack([corrected(start, c, w, t) for w, t in moves]).float().to(renderer.device)
-    level, _ = renderer.plan(dataclasses.replace(small, world_from_camera=pose.world_from_camera), "hq",
-                             STAGE_HALF_LEVELS)
+    at_pose = dataclasses.replace(small, world_from_camera=pose.world_from_camera)
+    level, _ = renderer.plan(at_pose, "hq", STAGE_HALF_LEVELS)
+    if continue_cut_faces:
+        renderer = continued(renderer, 2 * field_width(at_pose, center), [level])
     with torch.no_grad():
         drrs = renderer.render_tensor(mats, small, level)[:, None]
         n = drrs.shape[0]
@@ -96,11 +102,11 @@ def probe(renderer: FastRenderer, prepared: PreparedXray, pose: Pose, center, si
 
 
 def assess(renderer: FastRenderer, prepared: PreparedXray, pose: Pose, center, similarity: str,
-           candidates: list | None = None, beyond_ct: float = 0.0) -> dict:
+           candidates: list | None = None, beyond_ct: float = 0.0, continue_cut_faces: bool = True) -> dict:
     """The confidence of a registration ending at `pose` (candidates: the search's refined candidates, best
     first, each with `refined_pose` and `refined_score`; `beyond_ct`: the share of the field whose rays pass
     anatomy beyond the CT's scan range, which the warning names)."""
-    score, drops = probe(renderer, prepared, pose, center, similarity)
+    score, drops = probe(renderer, prepared, pose, center, similarity, continue_cut_faces)
     sharpness = float(np.median(drops))
     margin, runner_up = None, None
     if candidates and len(candidates) > 1:
