@@ -128,3 +128,28 @@ def test_a_batch_never_replaces_a_foreign_subfolder(inputs, tmp_path):
     result = run_cli("register", inputs["xray"], "--volume", inputs["ct"], "-o", tmp_path / "out", "--init-view",
                      "ap", *QUICK)
     assert result.exit_code == 2 and (tmp_path / "out" / R.SUMMARY).exists()
+
+
+def test_a_searched_registration_reports_progress_that_never_goes_back(small_ct, small_ct_path, tmp_path):
+    """Every update, unthrottled: the search's part, then the optimisation's, then the outputs' (the step after the
+    search once went back to 2 %, which a throttled JSON-lines stream let through only now and then)."""
+    from XrayToDRRLib.progress import Progress
+    from XrayToDRRRegistrationLib.batch import RegistrationOptions, Session
+    from XrayToDRRRegistrationLib.initialize import Initializer
+
+    class Recorder(Progress):
+        def __init__(self):
+            super().__init__()
+            self.fractions = []
+
+        def update(self, fraction, message=""):
+            self.fractions.append(fraction)
+
+    xray = simulated_xray(small_ct, known_pose(small_ct, "ap", 32, seed=0), tmp_path / "ap.dcm", seed=0)
+    session = Session(RegistrationOptions(volume=str(small_ct_path), device="cpu", max_n_itrs=4, scales="1",
+                                          renderer="fast"), Initializer("view", "ap"))
+    recorder = Recorder()
+    session.register(xray, tmp_path / "out", recorder)
+    steps = zip(recorder.fractions, recorder.fractions[1:])
+    assert all(b >= a - 1e-9 for a, b in steps) and recorder.fractions[-1] == 1.0
+    assert any(0.02 < f < 0.3 for f in recorder.fractions)  # the search reported its own progress

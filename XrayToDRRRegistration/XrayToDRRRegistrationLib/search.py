@@ -27,8 +27,8 @@ the search loses to the right one once both are refined.
 A CT shorter than the X-ray's field (truncation): the canvases and the refinement render the CT with the body
 continued past its scan range's ends (XrayToDRRLib.truncation.continued), and the refinement compares the whole
 field. Against a DRR of the CT alone (air past its ends) the search favoured the largest magnification, and with
-the cut rays left out the refinement kept 25-40 % of a lateral field and ranked the basins at random: on the
-bench's pelvis (a 150 mm CT, bench seed 7) 0 of 6 poses were found so, 6 of 6 with the continuation.
+the cut rays left out the refinement kept 25-40 % of a lateral field and ranked the basins at random. On the
+bench's pelvis (a 150 mm CT; cases of seed 7) 0 of 6 poses were found without the continuation, 6 of 6 with it.
 """
 
 from __future__ import annotations
@@ -363,7 +363,7 @@ def refine_candidates(renderer: FastRenderer, prepared: PreparedXray, candidates
     scales = scales_for_pixels(prepared.detector, (32, 64))
     short = dataclasses.replace(settings or OptimizerSettings(), scales=scales,
                                 max_n_itrs=[iterations] * len(scales), finest_max_itrs=iterations, patience=4)
-    if short.mask_cut_rays:
+    if short.mask_cut_rays and candidates:
         # Ranked on the whole field, as the search scored them, with the body continued past the CT's cut faces:
         # with the cut rays left out instead, a lateral X-ray of a short CT kept 25-40 % of its field, and the
         # candidates' scores ranked the basins at random.
